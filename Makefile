@@ -1,0 +1,55 @@
+SHELL := /bin/bash
+# lucos — see README.md. Every target that needs the host set up depends on
+# `deps`, which installs what is missing (Debian 12, as root or with sudo).
+
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+LUCOS := bin/lucos
+# Host packages: QEMU (TCG), static busybox for the guest initramfs, and a
+# C toolchain for kbuild-built patch modules.
+APT_PACKAGES := qemu-system-x86 busybox-static cpio gcc make libc6-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+GOTESTFLAGS ?= -count=1 -timeout 80m
+
+.PHONY: all deps build guest demo test test-unit bench clean fmt vet
+
+all: build
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "lucos: installing host packages:$$missing"; \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@[ -x "$(GO)" ] || { echo "lucos: Go not found (need Go 1.22+ as 'go' or /usr/local/go/bin/go)"; exit 1; }
+
+build:
+	$(GO) build -o $(LUCOS) ./cmd/lucos
+
+# Fetch the default guest kernel, headers and busybox into ~/.cache/lucos.
+guest: deps build
+	$(LUCOS) guest fetch
+
+demo: guest
+	$(LUCOS) demo
+
+test: guest
+	$(GO) vet ./...
+	$(GO) test $(GOTESTFLAGS) -v ./... 2>&1 | tee test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP|panic)|^\s+--- |_test.go:' ; \
+		status=$${PIPESTATUS[0]}; \
+		echo; grep -E '^(ok|FAIL|---)' test.log | grep -vE '^--- PASS' | tail -40; \
+		exit $$status
+
+test-unit: build
+	$(GO) test -count=1 -short ./...
+
+bench: guest
+	$(LUCOS) bench all
+
+fmt:
+	gofmt -l -w .
+
+clean:
+	rm -rf bin test.log

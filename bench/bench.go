@@ -1,0 +1,105 @@
+// Package bench holds lucos's benchmark scenarios. Each boots real guests
+// under QEMU, measures one thing and returns a Result that prints as a table
+// row and as JSON. Timings are reported as distributions or ratios from one
+// run, never as single absolute numbers: the machines are noisy.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/lucos/lucos/launch"
+)
+
+// Result is one scenario's outcome.
+type Result struct {
+	Scenario string   `json:"scenario"`
+	Rows     []Row    `json:"rows"`
+	Notes    []string `json:"notes,omitempty"`
+}
+
+// Row is one measured quantity.
+type Row struct {
+	What  string  `json:"what"`
+	N     int     `json:"n"`
+	P50   float64 `json:"p50"`
+	P99   float64 `json:"p99,omitempty"`
+	Min   float64 `json:"min"`
+	Max   float64 `json:"max"`
+	Unit  string  `json:"unit"`
+	Ratio string  `json:"ratio,omitempty"` // against the scenario's baseline row
+}
+
+// Scenario runs one benchmark on guests launched from opts.
+type Scenario struct {
+	Name  string
+	Brief string
+	Run   func(ctx context.Context, opts launch.Options, progress io.Writer) (*Result, error)
+}
+
+// Scenarios lists every benchmark in the order `lucos bench all` runs them.
+var Scenarios = []Scenario{
+	{"boot", "boot to the guest's shell: lucos vs plain QEMU, same kernel and initramfs", Boot},
+	{"pause", "guest-visible pause of all vCPUs, guest busy on every vCPU", Pause},
+	{"read", "guest-physical read throughput: shared mapping vs gdbstub", Read},
+}
+
+// Lookup finds a scenario by name.
+func Lookup(name string) (Scenario, error) {
+	var names []string
+	for _, s := range Scenarios {
+		if s.Name == name {
+			return s, nil
+		}
+		names = append(names, s.Name)
+	}
+	return Scenario{}, fmt.Errorf("unknown benchmark %q (have: %s, all)", name, strings.Join(names, ", "))
+}
+
+// distribution summarises samples (already in the unit wanted).
+func distribution(what, unit string, x []float64) Row {
+	s := append([]float64(nil), x...)
+	sort.Float64s(s)
+	r := Row{What: what, N: len(s), Unit: unit}
+	if len(s) == 0 {
+		return r
+	}
+	q := func(p float64) float64 {
+		i := int(p*float64(len(s))+0.5) - 1
+		return s[max(0, min(i, len(s)-1))]
+	}
+	r.P50, r.P99, r.Min, r.Max = q(0.5), q(0.99), s[0], s[len(s)-1]
+	return r
+}
+
+func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+// Markdown renders results as tables.
+func Markdown(w io.Writer, results []*Result) {
+	for _, r := range results {
+		fmt.Fprintf(w, "### %s\n\n| what | n | p50 | p99 | min | max | unit | ratio |\n|---|---|---|---|---|---|---|---|\n", r.Scenario)
+		for _, row := range r.Rows {
+			fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %s | %s |\n", row.What, row.N, num(row.P50), num(row.P99), num(row.Min), num(row.Max), row.Unit, row.Ratio)
+		}
+		for _, n := range r.Notes {
+			fmt.Fprintf(w, "\n%s\n", n)
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+func num(v float64) string {
+	switch {
+	case v == 0:
+		return "–"
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
+}

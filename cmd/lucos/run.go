@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/lucos/lucos/api"
+	"github.com/lucos/lucos/guest"
+	"github.com/lucos/lucos/launch"
+	"github.com/lucos/lucos/vmm"
+)
+
+// escapeKey ends an interactive console session (Ctrl-], as in telnet and virsh).
+const escapeKey = 0x1d
+
+// guestFlags are the flags that choose and size a guest, shared by run, demo and bench.
+type guestFlags struct {
+	cpus    int
+	memory  string
+	accel   string
+	kernel  string
+	initrd  string
+	flavour string
+	release string
+}
+
+func (f *guestFlags) add(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.IntVar(&f.cpus, "cpus", vmm.DefaultCPUs, "number of vCPUs")
+	fl.StringVar(&f.memory, "memory", "1G", "guest RAM (e.g. 1G, 768M; at least 512M)")
+	fl.StringVar(&f.accel, "accel", "tcg", "accelerator: tcg, kvm, or auto (kvm only if a probe shows it can run a stock kernel)")
+	fl.StringVar(&f.kernel, "kernel", "", "boot this bzImage instead of the cached Debian kernel")
+	fl.StringVar(&f.initrd, "initrd", "", "boot this initramfs instead of lucos's (no lucos exec then)")
+	fl.StringVar(&f.flavour, "flavour", "cloud", "Debian kernel flavour: cloud or generic")
+	fl.StringVar(&f.release, "release", "", "pin the kernel release (e.g. 6.1.0-56-cloud-amd64); default: the current one")
+}
+
+func (f *guestFlags) options() (launch.Options, error) {
+	accel, err := vmm.ParseAccel(f.accel)
+	if err != nil {
+		return launch.Options{}, err
+	}
+	mem, err := vmm.ParseSize(f.memory)
+	if err != nil {
+		return launch.Options{}, err
+	}
+	if f.flavour != "cloud" && f.flavour != "generic" {
+		return launch.Options{}, fmt.Errorf("--flavour %q: want cloud or generic", f.flavour)
+	}
+	return launch.Options{
+		Image:  guest.Options{Flavour: f.flavour, Release: f.release, Progress: os.Stderr},
+		Kernel: f.kernel,
+		Initrd: f.initrd,
+		VM:     vmm.Config{CPUs: f.cpus, Memory: mem, Accel: accel, Log: logger()},
+	}, nil
+}
+
+func newRunCmd() *cobra.Command {
+	var gf guestFlags
+	var apiSock string
+	cmd := &cobra.Command{
+		Use:   "run [flags] [-- CMD ARGS...]",
+		Short: "Boot a guest; run CMD in it, or attach its console",
+		Long: `Boot a guest under QEMU with lucos in control of it.
+
+With CMD, lucos waits for the guest's shell, runs CMD, prints its output,
+powers the guest off and exits with CMD's exit status.
+
+Without CMD, the guest's serial console is attached to this terminal until the
+guest powers off or you press Ctrl-] (which stops the VM). Meanwhile the VM
+is served on the control API socket (--api-sock; by default api.sock in the
+VM's run directory, printed at start): "lucos exec" and "lucos status" use it.
+
+The guest kernel is the stock Debian bookworm kernel, fetched on first use
+(see "lucos guest fetch"). Guest-physical memory at 256 MiB..+16 MiB is
+reserved (memmap=) for patch code.`,
+		Example: `  lucos run --cpus 2 -- grep -c ^processor /proc/cpuinfo
+  lucos run --api-sock /tmp/vm.sock          # interactive; from another shell:
+  lucos exec --api-sock /tmp/vm.sock -- uname -r`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts, err := gf.options()
+			if err != nil {
+				return err
+			}
+			return run(cmd.Context(), opts, apiSock, args)
+		},
+	}
+	gf.add(cmd)
+	cmd.Flags().StringVar(&apiSock, "api-sock", "", "serve the control API on this unix socket (default: api.sock in the run directory)")
+	return cmd
+}
+
+func run(ctx context.Context, opts launch.Options, apiSock string, argv []string) error {
+	if apiSock != "" {
+		if err := api.Claim(apiSock); err != nil {
+			return err
+		}
+	}
+	if len(argv) > 0 && opts.Initrd != "" {
+		return fmt.Errorf("cannot run a command with a custom --initrd: it has no lucos control channel")
+	}
+	interactive := len(argv) == 0
+	fmt.Fprintln(os.Stderr, "lucos: booting the guest…")
+	m, err := launch.Start(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	accel, why := m.Accel()
+	fmt.Fprintf(os.Stderr, "lucos: guest %s up in %.1f s (%d vCPUs, %s, %s)\n", m.Release(), m.BootTime().Seconds(), m.CPUs(), accel, why)
+
+	if apiSock == "" {
+		apiSock = filepath.Join(m.RunDir(), "api.sock")
+	}
+	srv, err := api.Listen(apiSock, m)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	go srv.Serve()
+
+	if !interactive {
+		res, err := m.Exec(ctx, argv...)
+		if err != nil {
+			return fmt.Errorf("run %q in the guest: %w", argv, err)
+		}
+		os.Stdout.Write(res.Stdout)
+		os.Stderr.Write(res.Stderr)
+		if res.Status != 0 {
+			return exitCode(res.Status)
+		}
+		return nil
+	}
+	fmt.Fprintf(os.Stderr, "lucos: API on %s\nlucos: console attached; press Ctrl-] to stop the VM\n", apiSock)
+	return attachConsole(ctx, m)
+}
+
+// attachConsole relays the terminal to the guest's serial console until the
+// guest exits, the user presses the escape key, or ctx ends.
+func attachConsole(ctx context.Context, m *vmm.Machine) error {
+	in := m.Console(os.Stdout)
+	defer m.Console(nil)
+	if fd := int(os.Stdin.Fd()); term.IsTerminal(fd) {
+		old, err := term.MakeRaw(fd)
+		if err != nil {
+			return fmt.Errorf("terminal raw mode: %w", err)
+		}
+		defer term.Restore(fd, old)
+	}
+	escaped := make(chan struct{})
+	go relayInput(os.Stdin, in, escaped)
+	select {
+	case <-m.Done():
+		fmt.Fprintln(os.Stderr, "\r\nlucos: guest powered off")
+		return nil
+	case <-escaped:
+		fmt.Fprintln(os.Stderr, "\r\nlucos: stopping the VM")
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// relayInput copies keystrokes to the guest until the escape key or EOF.
+func relayInput(r io.Reader, w io.Writer, escaped chan<- struct{}) {
+	buf := make([]byte, 256)
+	for {
+		n, err := r.Read(buf)
+		for i := 0; i < n; i++ {
+			if buf[i] == escapeKey {
+				w.Write(buf[:i])
+				close(escaped)
+				return
+			}
+		}
+		if n > 0 {
+			w.Write(buf[:n])
+		}
+		if err != nil {
+			// stdin closed (not a terminal): keep the VM until it exits.
+			return
+		}
+	}
+}

@@ -1,0 +1,119 @@
+package guest
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Flavours of the Debian bookworm amd64 kernel that lucos boots.
+const (
+	FlavourCloud   = "cloud"   // linux-image-cloud-amd64: small, lz4, boots fastest
+	FlavourGeneric = "generic" // linux-image-amd64: the full kernel, xz
+)
+
+// flavourSuffix is the tail Debian gives a release of each flavour.
+var flavourSuffix = map[string]string{
+	FlavourCloud:   "cloud-amd64",
+	FlavourGeneric: "amd64",
+}
+
+// normFlavour maps the empty flavour to the default and rejects unknown ones.
+func normFlavour(f string) (string, error) {
+	switch f {
+	case "":
+		return FlavourCloud, nil
+	case FlavourCloud, FlavourGeneric:
+		return f, nil
+	}
+	return "", fmt.Errorf("unknown kernel flavour %q (want %q or %q)", f, FlavourCloud, FlavourGeneric)
+}
+
+// metaPackage is the package that depends on the current kernel of a flavour.
+func metaPackage(flavour string) string {
+	return "linux-image-" + flavourSuffix[flavour]
+}
+
+// release is a parsed kernel release name such as "6.1.0-56-cloud-amd64":
+// upstream version 6.1.0, Debian ABI 56, flavour cloud.
+type release struct {
+	Name    string // the whole name
+	Version [3]int // 6, 1, 0
+	ABI     int    // 56
+	Flavour string // FlavourCloud or FlavourGeneric
+}
+
+var releaseRE = regexp.MustCompile(`^([0-9]+)\.([0-9]+)\.([0-9]+)-([0-9]+)-([a-z0-9-]+)$`)
+
+// parseRelease splits a kernel release name. Only the flavours lucos boots
+// are accepted: "6.1.0-56-rt-amd64" is a valid Debian release but an error here.
+func parseRelease(name string) (release, error) {
+	m := releaseRE.FindStringSubmatch(name)
+	if m == nil {
+		return release{}, fmt.Errorf("kernel release %q is not of the form 6.1.0-56-cloud-amd64", name)
+	}
+	r := release{Name: name}
+	for i := range 3 {
+		r.Version[i], _ = strconv.Atoi(m[1+i])
+	}
+	r.ABI, _ = strconv.Atoi(m[4])
+	for f, suffix := range flavourSuffix {
+		if m[5] == suffix {
+			r.Flavour = f
+		}
+	}
+	if r.Flavour == "" {
+		return release{}, fmt.Errorf("kernel release %q: flavour %q is not supported (want -%s or -%s)",
+			name, m[5], flavourSuffix[FlavourCloud], flavourSuffix[FlavourGeneric])
+	}
+	return r, nil
+}
+
+// abiName is the release without its flavour: "6.1.0-56", the name part of
+// the flavour-independent headers package linux-headers-6.1.0-56-common.
+func (r release) abiName() string {
+	return fmt.Sprintf("%d.%d.%d-%d", r.Version[0], r.Version[1], r.Version[2], r.ABI)
+}
+
+// kbuildPackage is the name Debian gives the kbuild tools of this kernel
+// series: linux-kbuild-6.1.
+func (r release) kbuildPackage() string {
+	return fmt.Sprintf("linux-kbuild-%d.%d", r.Version[0], r.Version[1])
+}
+
+// compare orders releases by version then ABI; flavour does not count.
+func (r release) compare(o release) int {
+	if c := slices.Compare(r.Version[:], o.Version[:]); c != 0 {
+		return c
+	}
+	return r.ABI - o.ABI
+}
+
+// imagePackage, headersPackage name the per-release packages.
+func imagePackage(rel string) string   { return "linux-image-" + rel }
+func headersPackage(rel string) string { return "linux-headers-" + rel }
+
+// releaseFromImagePackage turns "linux-image-6.1.0-56-cloud-amd64" into its
+// release, rejecting the -dbg and -unsigned variants and anything else.
+func releaseFromImagePackage(pkg string) (release, bool) {
+	name, ok := strings.CutPrefix(pkg, "linux-image-")
+	if !ok {
+		return release{}, false
+	}
+	r, err := parseRelease(name)
+	return r, err == nil
+}
+
+// sortReleaseNames sorts valid release names oldest first.
+func sortReleaseNames(names []string) {
+	slices.SortFunc(names, func(a, b string) int {
+		ra, _ := parseRelease(a)
+		rb, _ := parseRelease(b)
+		if c := ra.compare(rb); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+}

@@ -1,0 +1,86 @@
+// Package testvm boots real guests for integration tests. A test that needs
+// QEMU or the guest image skips with the reason when the machine lacks them,
+// except under CI (CI=true), where it fails: the README's test command
+// installs everything, so a missing part there is a defect.
+package testvm
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/lucos/lucos/guest"
+	"github.com/lucos/lucos/launch"
+	"github.com/lucos/lucos/vmm"
+)
+
+// InCI reports whether the test runs under CI, where nothing may be skipped
+// for want of QEMU or the guest.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Unavailable skips t with reason, or fails it under CI.
+func Unavailable(t testing.TB, reason string, args ...any) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("required under CI: "+reason, args...)
+	}
+	t.Skipf(reason, args...)
+}
+
+// Image returns the default guest image, fetching it on first use.
+func Image(t testing.TB) *guest.Image {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots a guest; -short given")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	img, err := guest.Fetch(ctx, guest.Options{})
+	if err != nil {
+		Unavailable(t, "guest image unavailable: %v", err)
+	}
+	return img
+}
+
+// Options returns launch options for the default guest with 2 vCPUs.
+func Options(t testing.TB) launch.Options {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		Unavailable(t, "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
+	}
+	Image(t)
+	return launch.Options{VM: vmm.Config{CPUs: 2, Accel: vmm.AccelTCG}}
+}
+
+// Boot boots the default guest (or opts, if given) and closes it when the test ends.
+func Boot(t testing.TB, opts ...launch.Options) *vmm.Machine {
+	t.Helper()
+	var o launch.Options
+	if len(opts) > 0 {
+		o = opts[0]
+	} else {
+		o = Options(t)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	m, err := launch.Start(ctx, o)
+	if err != nil {
+		t.Fatalf("boot guest: %v", err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+// Exec runs argv in the guest and fails the test on a transport error.
+func Exec(t testing.TB, m *vmm.Machine, argv ...string) *vmm.ExecResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := m.Exec(ctx, argv...)
+	if err != nil {
+		t.Fatalf("exec %q: %v\nconsole:\n%s", argv, err, m.ConsoleTail(20))
+	}
+	return res
+}

@@ -1,0 +1,97 @@
+package vmm
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lucos/lucos/internal/layout"
+)
+
+// Config describes a VM to launch.
+type Config struct {
+	Kernel string // bzImage
+	Initrd string // initramfs (cpio)
+	// Control says the initramfs runs lucos-ctl on the second serial port
+	// (initramfs.Base does); Start then waits for it and Exec works.
+	Control bool
+	CPUs    int
+	Memory  uint64 // bytes
+	Accel   Accel
+	// RunDir holds the VM's sockets and logs; empty means a new directory
+	// under os.TempDir(), removed by Close.
+	RunDir string
+	// Append is added to the kernel command line lucos builds.
+	Append string
+	// Console receives the guest's serial console (ttyS0) as it arrives,
+	// besides RunDir/console.log. Nil means the log only.
+	Console io.Writer
+	// QEMU is the emulator binary; empty means qemu-system-x86_64 from PATH.
+	QEMU string
+	// BootTimeout bounds the wait for the guest's control channel.
+	BootTimeout time.Duration
+	Log         *slog.Logger
+}
+
+// Defaults for Config fields left zero.
+const (
+	DefaultCPUs        = 2
+	DefaultBootTimeout = 3 * time.Minute
+)
+
+func (c *Config) setDefaults() {
+	if c.CPUs == 0 {
+		c.CPUs = DefaultCPUs
+	}
+	if c.Memory == 0 {
+		c.Memory = layout.DefaultGuestMemory
+	}
+	if c.Accel == "" {
+		c.Accel = AccelTCG
+	}
+	if c.QEMU == "" {
+		c.QEMU = "qemu-system-x86_64"
+	}
+	if c.BootTimeout == 0 {
+		c.BootTimeout = DefaultBootTimeout
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+}
+
+func (c *Config) validate() error {
+	if c.Kernel == "" {
+		return fmt.Errorf("no kernel given")
+	}
+	if c.CPUs < 1 || c.CPUs > 64 {
+		return fmt.Errorf("--cpus %d: want 1..64", c.CPUs)
+	}
+	if c.Memory%(1<<20) != 0 {
+		return fmt.Errorf("guest memory must be a whole number of MiB")
+	}
+	return layout.CheckMemory(c.Memory)
+}
+
+// ParseSize reads a memory size such as "1G", "512M" or "768" (MiB).
+func ParseSize(s string) (uint64, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
+	mult := uint64(1 << 20)
+	switch {
+	case strings.HasSuffix(t, "G"):
+		mult, t = 1<<30, t[:len(t)-1]
+	case strings.HasSuffix(t, "M"):
+		t = t[:len(t)-1]
+	case strings.HasSuffix(t, "K"):
+		mult, t = 1<<10, t[:len(t)-1]
+	}
+	n, err := strconv.ParseUint(t, 10, 64)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("bad memory size %q (want e.g. 1G or 512M)", s)
+	}
+	return n * mult, nil
+}

@@ -1,0 +1,340 @@
+// Package vmm launches and drives the QEMU process that runs a guest: its
+// lifecycle through QMP, its vCPUs, registers, breakpoints and watchpoints
+// through the gdbstub, and its RAM through a shared mapping. Every later
+// stage of lucos (introspection, the patch loader, the update engine) reaches
+// the guest only through a Machine.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+
+	"github.com/lucos/lucos/bzimage"
+	"github.com/lucos/lucos/gdbstub"
+)
+
+// State is where a Machine is in its life.
+type State string
+
+const (
+	StateStarting State = "starting"
+	StateRunning  State = "running"
+	StatePaused   State = "paused"
+	StateExited   State = "exited"
+)
+
+// Errors callers branch on.
+var (
+	ErrPaused    = errors.New("VM is already paused")
+	ErrNotPaused = errors.New("VM is not paused")
+	ErrExited    = errors.New("VM has exited")
+	ErrNoControl = errors.New("guest has no lucos control channel (custom --initrd?)")
+)
+
+// Machine is a running QEMU guest under lucos control.
+type Machine struct {
+	cfg      Config
+	accel    Accel
+	accelWhy string
+	runDir   string
+	ownsDir  bool
+	release  string // kernel release from the bzImage header
+	started  time.Time
+	ready    time.Duration // launch to guest ready
+
+	proc    *exec.Cmd
+	exited  chan struct{} // closed when QEMU has exited
+	exitErr error         // QEMU's exit status; valid after exited is closed
+
+	qmp     *qmp.SocketMonitor
+	gdb     *gdbstub.Client
+	ram     *guestRAM
+	ctl     *controlChannel
+	console *consoleTap
+
+	// mu serialises use of the gdbstub and guards the fields below.
+	mu     sync.Mutex
+	paused bool
+	stop   gdbstub.StopEvent // the stop that began the current pause
+	pauses *PauseLog
+
+	closeOnce sync.Once
+}
+
+// Start launches QEMU for cfg and returns when the guest is up: launch →
+// connect QMP → connect the serial ports → connect the gdbstub (the VM is
+// created stopped) → map RAM → run → wait for the guest's control channel.
+// On any error nothing is left running.
+func Start(ctx context.Context, cfg Config) (m *Machine, err error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	hdr, err := bzimage.ParseFile(cfg.Kernel)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+	if _, err := exec.LookPath(cfg.QEMU); err != nil {
+		return nil, fmt.Errorf("%s not found: install Debian's qemu-system-x86 package (apt-get install qemu-system-x86): %w", cfg.QEMU, err)
+	}
+	m = &Machine{cfg: cfg, release: hdr.Release(), exited: make(chan struct{}), pauses: NewPauseLog()}
+	m.accel, m.accelWhy, err = cfg.Accel.resolve()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Log.Info("accelerator", "accel", m.accel, "why", m.accelWhy)
+	defer func() {
+		if err != nil {
+			m.Close()
+			m = nil
+		}
+	}()
+	if err := m.makeRunDir(); err != nil {
+		return m, err
+	}
+	if err := m.launch(); err != nil {
+		return m, err
+	}
+	if err := m.connectQMP(ctx); err != nil {
+		return m, err
+	}
+	if err := m.connectSerial(ctx); err != nil {
+		return m, err
+	}
+	if err := m.connectGDB(ctx); err != nil {
+		return m, err
+	}
+	m.ram, err = mapGuestRAM(m.ramPath(), q35RAMLayout(cfg.Memory))
+	if err != nil {
+		return m, err
+	}
+	if _, err := m.gdb.Continue(); err != nil {
+		return m, fmt.Errorf("start vCPUs: %w", err)
+	}
+	if err := m.waitReady(ctx); err != nil {
+		return m, err
+	}
+	return m, nil
+}
+
+func (m *Machine) makeRunDir() error {
+	if m.cfg.RunDir != "" {
+		m.runDir = m.cfg.RunDir
+		return os.MkdirAll(m.runDir, 0o700)
+	}
+	dir, err := os.MkdirTemp("", "lucos-vm-")
+	if err != nil {
+		return fmt.Errorf("create run directory: %w", err)
+	}
+	m.runDir, m.ownsDir = dir, true
+	return nil
+}
+
+func (m *Machine) sock(name string) string { return filepath.Join(m.runDir, name) }
+
+// ramPath is the shared RAM backend file; mapGuestRAM unlinks it.
+func (m *Machine) ramPath() string {
+	return filepath.Join("/dev/shm", "lucos-"+filepath.Base(m.runDir)+".ram")
+}
+
+func (m *Machine) connectQMP(ctx context.Context) error {
+	if err := m.waitSocket(ctx, m.sock("qmp.sock")); err != nil {
+		return fmt.Errorf("QMP: %w", err)
+	}
+	mon, err := qmp.NewSocketMonitor("unix", m.sock("qmp.sock"), 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("QMP: %w", err)
+	}
+	if err := mon.Connect(); err != nil {
+		return fmt.Errorf("QMP handshake: %w", err)
+	}
+	m.qmp = mon
+	return nil
+}
+
+func (m *Machine) connectSerial(ctx context.Context) error {
+	c, err := m.dial(ctx, "console.sock")
+	if err != nil {
+		return fmt.Errorf("serial console: %w", err)
+	}
+	m.console, err = newConsoleTap(c, m.sock("console.log"), m.cfg.Console)
+	if err != nil {
+		c.Close()
+		return err
+	}
+	if m.cfg.Control {
+		c, err := m.dial(ctx, "control.sock")
+		if err != nil {
+			return fmt.Errorf("control channel: %w", err)
+		}
+		m.ctl = newControlChannel(c)
+	}
+	return nil
+}
+
+func (m *Machine) connectGDB(ctx context.Context) error {
+	if err := m.waitSocket(ctx, m.sock("gdb.sock")); err != nil {
+		return fmt.Errorf("gdbstub: %w", err)
+	}
+	g, err := gdbstub.Dial(ctx, "unix", m.sock("gdb.sock"))
+	if err != nil {
+		return fmt.Errorf("gdbstub: %w", err)
+	}
+	m.gdb = g
+	if n := len(g.Threads()); n != m.cfg.CPUs {
+		return fmt.Errorf("gdbstub reports %d vCPUs, want %d", n, m.cfg.CPUs)
+	}
+	return nil
+}
+
+func (m *Machine) dial(ctx context.Context, name string) (net.Conn, error) {
+	if err := m.waitSocket(ctx, m.sock(name)); err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", m.sock(name))
+}
+
+// waitSocket waits for QEMU to create a listening socket, failing early if
+// QEMU exits (its stderr is in qemu.log).
+func (m *Machine) waitSocket(ctx context.Context, path string) error {
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		select {
+		case <-m.exited:
+			return m.exitError()
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return fmt.Errorf("QEMU did not create %s within 30 s", path)
+		case <-tick.C:
+		}
+	}
+}
+
+func (m *Machine) waitReady(ctx context.Context) error {
+	if m.ctl == nil {
+		m.ready = time.Since(m.started)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
+	defer cancel()
+	ch := make(chan error, 1)
+	go func() {
+		rel, err := m.ctl.waitReady(ctx)
+		if err == nil && rel != m.release {
+			err = fmt.Errorf("guest runs kernel %s, but the bzImage says %s", rel, m.release)
+		}
+		ch <- err
+	}()
+	select {
+	case err := <-ch:
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("guest did not come up within %v (console: %s):\n%s", m.cfg.BootTimeout, m.sock("console.log"), m.console.tail(15))
+		}
+		if err != nil {
+			return err
+		}
+		m.ready = time.Since(m.started)
+		m.cfg.Log.Info("guest ready", "release", m.release, "boot", m.ready.Round(time.Millisecond))
+		return nil
+	case <-m.exited:
+		return fmt.Errorf("guest stopped while booting: %v; console:\n%s", m.exitError(), m.console.tail(15))
+	}
+}
+
+// Release is the guest kernel's release.
+func (m *Machine) Release() string { return m.release }
+
+// Accel is the accelerator in use and why it was chosen.
+func (m *Machine) Accel() (Accel, string) { return m.accel, m.accelWhy }
+
+// CPUs is the number of vCPUs.
+func (m *Machine) CPUs() int { return m.cfg.CPUs }
+
+// Memory is the guest RAM size in bytes.
+func (m *Machine) Memory() uint64 { return m.cfg.Memory }
+
+// RunDir is the directory holding the VM's sockets and logs.
+func (m *Machine) RunDir() string { return m.runDir }
+
+// ConsoleLog is the path of the serial console log.
+func (m *Machine) ConsoleLog() string { return m.sock("console.log") }
+
+// BootTime is the time from launching QEMU to the guest being ready.
+func (m *Machine) BootTime() time.Duration { return m.ready }
+
+// PID is QEMU's process id.
+func (m *Machine) PID() int {
+	if m.proc == nil || m.proc.Process == nil {
+		return 0
+	}
+	return m.proc.Process.Pid
+}
+
+// State reports the VM's state.
+func (m *Machine) State() State {
+	select {
+	case <-m.exited:
+		return StateExited
+	default:
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.gdb == nil || m.ready == 0:
+		return StateStarting
+	case m.paused:
+		return StatePaused
+	}
+	return StateRunning
+}
+
+// Exec runs argv in the guest through the control channel and returns its
+// output and exit status. Commands run concurrently.
+func (m *Machine) Exec(ctx context.Context, argv ...string) (*ExecResult, error) {
+	return m.ExecScript(ctx, "exec "+ShellQuote(argv))
+}
+
+// ExecScript runs a shell script in the guest.
+func (m *Machine) ExecScript(ctx context.Context, script string) (*ExecResult, error) {
+	if m.ctl == nil {
+		return nil, ErrNoControl
+	}
+	res, err := m.ctl.run(ctx, script)
+	if errors.Is(err, ErrChannelClosed) {
+		select {
+		case <-m.exited:
+			return nil, fmt.Errorf("%w: %w", ErrExited, m.exitError())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return res, err
+}
+
+// Done is closed when QEMU has exited.
+func (m *Machine) Done() <-chan struct{} { return m.exited }
+
+// Wait waits for QEMU to exit and returns its exit error.
+func (m *Machine) Wait() error {
+	<-m.exited
+	return m.exitErr
+}
+
+// ConsoleTail returns the last n lines of the serial console.
+func (m *Machine) ConsoleTail(n int) string { return m.console.tail(n) }

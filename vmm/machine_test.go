@@ -1,0 +1,338 @@
+package vmm_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lucos/lucos/bench"
+	"github.com/lucos/lucos/bzimage"
+	"github.com/lucos/lucos/gdbstub"
+	"github.com/lucos/lucos/internal/testvm"
+	"github.com/lucos/lucos/launch"
+	"github.com/lucos/lucos/vmm"
+)
+
+// One guest serves the tests that do not need a fresh one.
+var (
+	shared     *vmm.Machine
+	sharedOnce sync.Once
+	sharedErr  error
+)
+
+func sharedGuest(t *testing.T) *vmm.Machine {
+	t.Helper()
+	opts := testvm.Options(t)
+	sharedOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		shared, sharedErr = launch.Start(ctx, opts)
+	})
+	if sharedErr != nil {
+		t.Fatalf("boot guest: %v", sharedErr)
+	}
+	return shared
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared != nil {
+		shared.Close()
+	}
+	os.Exit(code)
+}
+
+func TestBootTwoCPUs(t *testing.T) {
+	m := sharedGuest(t)
+	res := testvm.Exec(t, m, "grep", "-c", "^processor", "/proc/cpuinfo")
+	if got := strings.TrimSpace(string(res.Stdout)); got != "2" || res.Status != 0 {
+		t.Fatalf("guest sees %q processors (status %d), want 2", got, res.Status)
+	}
+	res = testvm.Exec(t, m, "cat", "/proc/cmdline")
+	if !strings.Contains(string(res.Stdout), "memmap=16M$0x10000000") {
+		t.Errorf("patch region not reserved on the guest command line: %q", res.Stdout)
+	}
+	res = testvm.Exec(t, m, "uname", "-r")
+	if got := strings.TrimSpace(string(res.Stdout)); got != m.Release() {
+		t.Errorf("uname -r = %q, want %q", got, m.Release())
+	}
+}
+
+func TestExecStatusAndStreams(t *testing.T) {
+	m := sharedGuest(t)
+	res := testvm.Exec(t, m, "sh", "-c", "echo out; echo err >&2; exit 3")
+	if res.Status != 3 || string(res.Stdout) != "out\n" || string(res.Stderr) != "err\n" {
+		t.Fatalf("got status %d stdout %q stderr %q", res.Status, res.Stdout, res.Stderr)
+	}
+	// Arguments reach the guest verbatim, quotes and all.
+	arg := `it's "quoted" $HOME ; * \n`
+	res = testvm.Exec(t, m, "printf", "%s", arg)
+	if string(res.Stdout) != arg {
+		t.Fatalf("printf %%s %q printed %q", arg, res.Stdout)
+	}
+}
+
+func TestExecConcurrent(t *testing.T) {
+	m := sharedGuest(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			res, err := m.ExecScript(context.Background(), fmt.Sprintf("sleep 0.2; seq 1 %d", 1000*(i+1)))
+			if err != nil {
+				errs <- err
+				return
+			}
+			lines := strings.Fields(string(res.Stdout))
+			if len(lines) != 1000*(i+1) || lines[len(lines)-1] != strconv.Itoa(1000*(i+1)) {
+				errs <- fmt.Errorf("command %d: got %d lines", i, len(lines))
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// uts finds the kernel's init_uts_ns.name in guest RAM: six 65-byte fields
+// sysname, nodename, release, version, machine, domainname.
+func uts(t *testing.T, m *vmm.Machine, nodename string) uint64 {
+	t.Helper()
+	want := make([]byte, 65*3)
+	copy(want, "Linux")
+	copy(want[65:], nodename)
+	copy(want[130:], m.Release())
+	addr, err := findPhys(m, want)
+	if err != nil {
+		t.Fatalf("init_uts_ns not found in guest RAM: %v", err)
+	}
+	return addr
+}
+
+// findPhys scans guest RAM through the shared mapping for pattern.
+func findPhys(m *vmm.Machine, pattern []byte) (uint64, error) {
+	const chunk = 1 << 20
+	buf := make([]byte, chunk+len(pattern))
+	for base := uint64(0); base+uint64(len(buf)) <= m.Memory(); base += chunk {
+		if err := m.ReadPhys(base, buf); err != nil {
+			return 0, err
+		}
+		if i := bytes.Index(buf, pattern); i >= 0 {
+			return base + uint64(i), nil
+		}
+	}
+	return 0, errors.New("no match")
+}
+
+func TestBannerMappingMatchesGDB(t *testing.T) {
+	m := sharedGuest(t)
+	hdr, err := bzimage.ParseFile(testvm.Image(t).Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	banner := []byte("Linux version " + hdr.KernelVersion)
+	addr, err := findPhys(m, banner)
+	if err != nil {
+		t.Fatalf("linux_banner (%q) not in guest RAM: %v", banner, err)
+	}
+	viaMap := make([]byte, 256)
+	if err := m.ReadPhys(addr, viaMap); err != nil {
+		t.Fatal(err)
+	}
+	viaGDB := make([]byte, len(viaMap))
+	_, err = m.WithPaused(context.Background(), func(g *gdbstub.Client) error {
+		if err := g.SetPhysical(true); err != nil {
+			return err
+		}
+		defer g.SetPhysical(false)
+		return g.ReadMemory(addr, viaGDB)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(viaMap, viaGDB) {
+		t.Fatalf("at %#x the mapping reads\n%q\nbut the gdbstub reads\n%q", addr, viaMap, viaGDB)
+	}
+	res := testvm.Exec(t, m, "cat", "/proc/version")
+	if !bytes.HasPrefix(res.Stdout, banner) {
+		t.Errorf("/proc/version %q does not start with the banner", res.Stdout)
+	}
+}
+
+// TestGDBWriteSeenByGuest writes the kernel's hostname through the gdbstub
+// and checks the guest's uname -n reports it.
+func TestGDBWriteSeenByGuest(t *testing.T) {
+	m := testvm.Boot(t)
+	node := uts(t, m, "lucos-guest") + 65
+	newName := []byte("written-by-lucos\x00")
+	_, err := m.WithPaused(context.Background(), func(g *gdbstub.Client) error {
+		if err := g.SetPhysical(true); err != nil {
+			return err
+		}
+		defer g.SetPhysical(false)
+		return g.WriteMemory(node, newName)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := testvm.Exec(t, m, "uname", "-n")
+	if got := strings.TrimSpace(string(res.Stdout)); got != "written-by-lucos" {
+		t.Fatalf("guest's uname -n = %q after the write", got)
+	}
+}
+
+// TestWatchpointFires watches the kernel's nodename and has the guest set
+// its hostname: the VM stops in the kernel on the vCPU that wrote it.
+func TestWatchpointFires(t *testing.T) {
+	m := testvm.Boot(t)
+	ctx := context.Background()
+	nodePhys := uts(t, m, "lucos-guest") + 65
+
+	// The kernel image is mapped linearly: a kernel RIP and its physical
+	// address give the offset from any image address to its virtual one.
+	var nodeVirt uint64
+	_, err := m.WithPaused(ctx, func(g *gdbstub.Client) error {
+		for _, tid := range g.Threads() {
+			rip, err := g.ReadRegister(tid, "rip")
+			if err != nil {
+				return err
+			}
+			if rip < 0xffffffff80000000 {
+				continue
+			}
+			pa, err := gva2gpa(m, rip)
+			if err != nil {
+				return err
+			}
+			nodeVirt = nodePhys + (rip - pa)
+			if back, err := gva2gpa(m, nodeVirt); err != nil || back != nodePhys {
+				return fmt.Errorf("nodename: virtual %#x maps to %#x (%v), want %#x", nodeVirt, back, err, nodePhys)
+			}
+			return g.InsertWatchpoint(gdbstub.WatchWrite, nodeVirt, 8)
+		}
+		return errors.New("no vCPU stopped in the kernel image")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	done := make(chan *vmm.ExecResult, 1)
+	go func() {
+		res, _ := m.Exec(ctx, "hostname", "watched")
+		done <- res
+	}()
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	ev, err := m.WaitStop(wctx)
+	if err != nil {
+		t.Fatalf("watchpoint did not fire: %v", err)
+	}
+	if ev.Reason != "watch" || ev.Addr != nodeVirt {
+		t.Errorf("stop %+v, want a write watch at %#x", ev, nodeVirt)
+	}
+	rip, err := m.GDB().ReadRegister(ev.Thread, "rip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rip < 0xffffffff80000000 {
+		t.Errorf("watchpoint reported at rip %#x, not in the kernel", rip)
+	}
+	t.Logf("write to nodename by vCPU %d at rip %#x", ev.Thread, rip)
+	if err := m.GDB().RemoveWatchpoint(gdbstub.WatchWrite, nodeVirt, 8); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case res := <-done:
+		if res == nil || res.Status != 0 {
+			t.Fatalf("hostname failed: %+v", res)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("hostname did not finish after the watchpoint was removed")
+	}
+	if got := strings.TrimSpace(string(testvm.Exec(t, m, "uname", "-n").Stdout)); got != "watched" {
+		t.Errorf("uname -n = %q", got)
+	}
+}
+
+func gva2gpa(m *vmm.Machine, va uint64) (uint64, error) {
+	out, err := m.HumanMonitor(fmt.Sprintf("gva2gpa %#x", va))
+	if err != nil {
+		return 0, err
+	}
+	var pa uint64
+	if _, err := fmt.Sscanf(strings.TrimSpace(out), "gpa: %x", &pa); err != nil {
+		return 0, fmt.Errorf("gva2gpa %#x: %q", va, out)
+	}
+	return pa, nil
+}
+
+// TestPauseResumeBusyGuest pauses the VM 200 times while both vCPUs run busy
+// loops and a command streams output: the guest keeps running, the output
+// is intact.
+func TestPauseResumeBusyGuest(t *testing.T) {
+	m := testvm.Boot(t)
+	ctx := context.Background()
+	if _, err := m.ExecScript(ctx, bench.BusyLoops(2)); err != nil {
+		t.Fatal(err)
+	}
+	counter := func() int {
+		res := testvm.Exec(t, m, "sh", "-c", "cat /tmp/busy.0 /tmp/busy.1 2>/dev/null | awk '{s+=$1} END {print s+0}'")
+		n, _ := strconv.Atoi(strings.TrimSpace(string(res.Stdout)))
+		return n
+	}
+	time.Sleep(500 * time.Millisecond)
+	before := counter()
+
+	type out struct {
+		res *vmm.ExecResult
+		err error
+	}
+	streamed := make(chan out, 1)
+	go func() {
+		res, err := m.ExecScript(ctx, "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line-$i; done")
+		streamed <- out{res, err}
+	}()
+	for i := 0; i < 200; i++ {
+		if err := m.Pause(ctx); err != nil {
+			t.Fatalf("pause %d: %v", i, err)
+		}
+		if _, err := m.Resume(); err != nil {
+			t.Fatalf("resume %d: %v", i, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	o := <-streamed
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	var want strings.Builder
+	for i := 1; i <= 3000; i++ {
+		fmt.Fprintf(&want, "line-%d\n", i)
+	}
+	if string(o.res.Stdout) != want.String() {
+		t.Errorf("output streamed across the pauses is not intact (%d bytes, want %d)", len(o.res.Stdout), want.Len())
+	}
+	after := counter()
+	if after <= before {
+		t.Errorf("busy loops did not advance across 200 pauses: %d -> %d", before, after)
+	}
+	st := m.Pauses()
+	if st.Count != 200 {
+		t.Errorf("pause log has %d entries, want 200", st.Count)
+	}
+	t.Logf("busy counter %d -> %d; pause p50 %v p99 %v", before, after, st.P50, st.P99)
+}
