@@ -96,4 +96,3 @@ func Start(ctx context.Context, opts Options) (*vmm.Machine, error) {
 	cfg.Kernel, cfg.Initrd, cfg.Control = kernel, initrd, control
 	return vmm.Start(ctx, cfg)
 }
-

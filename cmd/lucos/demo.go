@@ -115,4 +115,3 @@ func summarize(d []time.Duration) vmm.PauseStats {
 }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d.Nanoseconds())/1000) }
-
