@@ -41,7 +41,7 @@ type FormatError struct {
 }
 
 func (e *FormatError) Error() string {
-	return fmt.Sprintf("bzImage: %s (at offset %#x)", e.Msg, e.Off)
+	return fmt.Sprintf("not a bzImage: %s (at offset %#x)", e.Msg, e.Off)
 }
 
 func (e *FormatError) Unwrap() error { return ErrNotBzImage }
