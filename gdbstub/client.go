@@ -85,7 +85,8 @@ func Dial(ctx context.Context, network, addr string) (*Client, error) {
 // when a client connects and, if it was running, sends a stop reply
 // unasked; NewClient consumes it (or asks '?' when none came), negotiates
 // the protocol, reads the target description and the list of vCPUs, and
-// returns with the VM stopped. ctx bounds the handshake only.
+// returns with the VM stopped. ctx bounds the handshake only. On error the
+// caller still owns conn.
 func NewClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	c := &Client{
 		conn:       conn,
@@ -100,9 +101,14 @@ func NewClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	c.mu.Lock()
 	err := c.handshake()
 	c.mu.Unlock()
-	if !stop() || ctx.Err() != nil {
-		if err == nil || isTimeout(err) {
+	if !stop() || ctx.Err() != nil || isTimeout(err) {
+		// The connection's deadline is the context's: a timeout is the
+		// context ending, even if its timer has not fired yet.
+		switch {
+		case ctx.Err() != nil:
 			err = ctx.Err()
+		case err == nil || isTimeout(err):
+			err = context.DeadlineExceeded
 		}
 		return nil, fmt.Errorf("handshake: %w", err)
 	}

@@ -99,7 +99,7 @@ func startFakeSilent(t *testing.T) (net.Listener, string) {
 func TestRegisters(t *testing.T) {
 	f, c := dialFake(t, fakeOpts{})
 	rip, err := c.ReadRegister(2, "rip")
-	if err != nil || rip != 0xf034 {
+	if err != nil || rip != 0xff34 {
 		t.Fatalf("rip of vCPU 2 = %#x, %v", rip, err)
 	}
 	if err := c.WriteRegister(2, "eflags", 0x246); err != nil {
@@ -342,13 +342,26 @@ func TestStopRaceStress(t *testing.T) {
 		if _, err := c.Continue(); err != nil {
 			t.Fatal(err)
 		}
+		f.mu.Lock()
+		seen := f.interrupts
+		f.mu.Unlock()
 		var wg sync.WaitGroup
 		wg.Go(func() {
-			if i%3 != 0 {
-				time.Sleep(time.Duration(i%5) * 10 * time.Microsecond)
+			// Stop the VM as soon as it runs, unless 0x03 did.
+			for {
+				if f.stopBy("T05thread:02;swbreak:;") {
+					return
+				}
+				f.mu.Lock()
+				done := f.interrupts > seen
+				f.mu.Unlock()
+				if done {
+					return
+				}
+				time.Sleep(time.Microsecond)
 			}
-			f.stopBy("T05thread:02;swbreak:;")
 		})
+		time.Sleep(time.Duration(i%7) * 20 * time.Microsecond)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		ev, err := c.Stop(ctx)
 		cancel()
@@ -366,11 +379,33 @@ func TestStopRaceStress(t *testing.T) {
 			t.Fatalf("cycle %d: rip %#x, %v", i, v, err)
 		}
 	}
-	t.Logf("%d stops by breakpoint, %d by 0x03", byBreak, byInterrupt)
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	t.Logf("%d stops by breakpoint (%d with a 0x03 that came too late), %d by 0x03", byBreak, f.ignored03, byInterrupt)
 	if len(f.lost) != 0 {
 		t.Errorf("packets lost while running: %q", f.lost)
+	}
+}
+
+// QEMU swallows every byte but '+' and '$' while a packet it sent waits for
+// its ack; console output while the VM runs is such a packet, so the 0x03
+// must follow the ack.
+func TestStopAfterConsoleOutput(t *testing.T) {
+	f, c := dialFake(t, fakeOpts{})
+	f.mu.Lock()
+	f.onResume = func(f *fakeStub, p string) { f.sendLocked("O6869") }
+	f.mu.Unlock()
+	if _, err := c.Continue(); err != nil {
+		t.Fatal(err)
+	}
+	for !c.ackPending.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ev, err := c.Stop(ctx)
+	if err != nil || ev.Signal != SignalInterrupt {
+		t.Fatalf("Stop = %+v, %v", ev, err)
 	}
 }
 
@@ -408,9 +443,6 @@ func TestWaitBreakpoint(t *testing.T) {
 	if _, err := c.ContinueThread(2); err != nil {
 		t.Fatal(err)
 	}
-	if got := f.received(); got[len(got)-1] != "vCont;c:2" {
-		t.Errorf("sent %q", got[len(got)-1])
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	_, err := c.Wait(ctx)
 	cancel()
@@ -418,10 +450,13 @@ func TestWaitBreakpoint(t *testing.T) {
 		t.Fatalf("Wait before the stop: %v", err)
 	}
 	before := time.Now()
-	f.stopBy("T05thread:02;")
+	f.stopRunning("T05thread:02;")
 	ev, err := c.Wait(context.Background())
 	if err != nil || ev.Thread != 2 || ev.Signal != SignalTrap {
 		t.Fatalf("Wait = %+v, %v", ev, err)
+	}
+	if got := f.received(); got[len(got)-1] != "vCont;c:2" {
+		t.Errorf("sent %q", got[len(got)-1])
 	}
 	if ev.At.Before(before) {
 		t.Errorf("At %v before the stop was sent %v", ev.At, before)
@@ -513,7 +548,7 @@ func TestStopContextCanceled(t *testing.T) {
 	if !c.Running() {
 		t.Fatal("not running")
 	}
-	f.stopBy("T05thread:01;")
+	f.stopRunning("T05thread:01;")
 	ev, err := c.Wait(context.Background())
 	if err != nil || ev.Signal != SignalTrap {
 		t.Fatalf("Wait = %+v, %v", ev, err)
@@ -541,7 +576,7 @@ func TestVMExited(t *testing.T) {
 	if _, err := c.Continue(); err != nil {
 		t.Fatal(err)
 	}
-	f.stopBy("W00")
+	f.stopRunning("W00")
 	ev, err := c.Wait(context.Background())
 	if err != nil || !ev.Exited {
 		t.Fatalf("Wait = %+v, %v", ev, err)
@@ -549,27 +584,4 @@ func TestVMExited(t *testing.T) {
 	if _, err := c.Continue(); err == nil || !strings.Contains(err.Error(), "exited") {
 		t.Fatalf("Continue after exit: %v", err)
 	}
-}
-
-func TestStopContinueAllocs(t *testing.T) {
-	f, c := dialFake(t, fakeOpts{})
-	f.mu.Lock()
-	f.onResume = func(f *fakeStub, p string) { f.running = false; f.sendLocked("T05thread:01;") }
-	f.mu.Unlock()
-	allocs := testing.AllocsPerRun(50, func() {
-		if _, err := c.Continue(); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.Stop(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.ReadRegister(1, "rip"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	// The run (struct, channel, goroutine) and the stop reply's Raw string.
-	if allocs > 8 {
-		t.Errorf("%.0f allocations per cycle", allocs)
-	}
-	t.Logf("%.1f allocations per continue/stop/read-register cycle", allocs)
 }

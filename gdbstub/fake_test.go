@@ -147,6 +147,17 @@ func (f *fakeStub) stopBy(reply string) bool {
 	return true
 }
 
+// stopRunning waits until the VM runs, then stops it with reply.
+func (f *fakeStub) stopRunning(reply string) {
+	for range 5000 {
+		if f.stopBy(reply) {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	f.t.Errorf("fake stub: the VM never ran")
+}
+
 // resumeBehindBack makes the VM run as a QMP "cont" would.
 func (f *fakeStub) resumeBehindBack() {
 	f.mu.Lock()

@@ -110,17 +110,17 @@ func (r *packetReader) body(keep bool) ([]byte, error) {
 	if st.escaped || st.repeat {
 		return nil, &ProtocolError{Msg: "packet ends inside an escape or run-length sequence"}
 	}
-	var cs [2]byte
-	for i := range cs {
-		b, err := r.br.ReadByte()
-		if err != nil {
-			return nil, err
-		}
-		cs[i] = b
+	hi, err := r.br.ReadByte()
+	if err != nil {
+		return nil, err
 	}
-	want, ok := unhexByte(cs[0], cs[1])
+	lo, err := r.br.ReadByte()
+	if err != nil {
+		return nil, err
+	}
+	want, ok := unhexByte(hi, lo)
 	if !ok {
-		return nil, &ProtocolError{Msg: fmt.Sprintf("bad checksum characters %q", cs[:])}
+		return nil, &ProtocolError{Msg: fmt.Sprintf("bad checksum characters %q", string([]byte{hi, lo}))}
 	}
 	if want != st.sum {
 		return nil, &ProtocolError{Msg: fmt.Sprintf("checksum %02x, computed %02x, for %q", want, st.sum, truncate(r.buf))}

@@ -45,7 +45,7 @@ func TestReadPacket(t *testing.T) {
 		{name: "acks skipped", stream: "+" + frame("OK") + "++" + frame("E14"), want: []string{"OK", "E14"}},
 		{name: "empty", stream: frame(""), want: []string{""}},
 		{name: "uppercase checksum", stream: "$OK#9A", want: []string{"OK"}},
-		{name: "run-length", stream: frame("0* "), want: []string{"0000"}},           // ' ' = 32: 3 more
+		{name: "run-length", stream: frame("0* "), want: []string{"0000"}}, // ' ' = 32: 3 more
 		{name: "run-length long", stream: frame("f*~a"), want: []string{"f" + strings.Repeat("f", '~'-29) + "a"}},
 		{name: "escape", stream: frame("a}\x03b"), want: []string{"a#b"}},
 		{name: "escaped star repeated", stream: frame("}\x0a*!"), want: []string{"*****"}},
