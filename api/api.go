@@ -5,6 +5,8 @@
 //
 //	GET  /vm    the VM: state, vCPUs, accelerator, kernel release, run dir, pauses
 //	POST /exec  run a command in the guest: {"argv": [...]} or {"script": "..."}
+//	GET  /tasks every task (guest paused for the snapshot) with its top kernel frames
+//	GET  /sym   ?q=NAME[&pos=N] or ?q=0xADDR: symbol ↔ runtime address (KASLR slide applied)
 package api
 
 import (

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"os"
 
 	"github.com/lucos/lucos/vmm"
@@ -42,6 +44,19 @@ func (c *Client) VM(ctx context.Context) (*VMInfo, error) {
 func (c *Client) Exec(ctx context.Context, req ExecRequest) (*vmm.ExecResult, error) {
 	var res vmm.ExecResult
 	return &res, c.do(ctx, http.MethodPost, "/exec", req, &res)
+}
+
+// Tasks returns GET /tasks: every task with its top kernel frames.
+func (c *Client) Tasks(ctx context.Context) (*TasksReply, error) {
+	var r TasksReply
+	return &r, c.do(ctx, http.MethodGet, "/tasks", nil, &r)
+}
+
+// Sym looks up a symbol by name (with sympos pos, 0 = unique) or an
+// address ("0xffffffff81234567").
+func (c *Client) Sym(ctx context.Context, q string, pos int) (*SymbolReply, error) {
+	var r SymbolReply
+	return &r, c.do(ctx, http.MethodGet, "/sym?"+url.Values{"q": {q}, "pos": {strconv.Itoa(pos)}}.Encode(), nil, &r)
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {

@@ -22,6 +22,8 @@ type Server struct {
 	path string
 	ln   net.Listener
 	srv  *http.Server
+
+	kernel *kernelView
 }
 
 // Listen claims the socket at path: a live socket is refused with
@@ -38,10 +40,12 @@ func Listen(path string, m *vmm.Machine) (*Server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("API socket: %w", err)
 	}
-	s := &Server{m: m, path: path, ln: ln}
+	s := &Server{m: m, path: path, ln: ln, kernel: &kernelView{m: m}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /vm", s.getVM)
 	mux.HandleFunc("POST /exec", s.postExec)
+	mux.HandleFunc("GET /tasks", s.getTasks)
+	mux.HandleFunc("GET /sym", s.getSym)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
@@ -103,7 +107,7 @@ func Info(m *vmm.Machine) VMInfo {
 }
 
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
-	reply(w, http.StatusOK, Info(s.m))
+	writeJSON(w, http.StatusOK, Info(s.m))
 }
 
 func (s *Server) postExec(w http.ResponseWriter, r *http.Request) {
@@ -135,16 +139,16 @@ func (s *Server) postExec(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		fail(w, http.StatusBadGateway, err)
 	default:
-		reply(w, http.StatusOK, res)
+		writeJSON(w, http.StatusOK, res)
 	}
 }
 
-func reply(w http.ResponseWriter, code int, v any) {
+func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	json.NewEncoder(w).Encode(v)
 }
 
 func fail(w http.ResponseWriter, code int, err error) {
-	reply(w, code, errorBody{Error: err.Error()})
+	writeJSON(w, code, errorBody{Error: err.Error()})
 }

@@ -9,10 +9,10 @@ import (
 
 // offsets are the struct layouts introspection reads, all from BTF.
 type offsets struct {
-	taskTasks, taskPID, taskTGID, taskComm, taskState, taskExitState  uint64
-	taskOnCPU, taskCPU, taskStack, taskSP, taskFlags, taskSignal       uint64
-	taskThreadNode, signalThreadHead, rqIdle                           uint64
-	threadSize, irqStackSize, exceptionStacksSize, commLen             uint64
+	taskTasks, taskPID, taskTGID, taskComm, taskState, taskExitState uint64
+	taskOnCPU, taskCPU, taskStack, taskSP, taskFlags, taskSignal     uint64
+	taskThreadNode, signalThreadHead, rqIdle                         uint64
+	threadSize, irqStackSize, exceptionStacksSize, commLen           uint64
 }
 
 // requiredSymbols are the kernel symbols introspection needs.

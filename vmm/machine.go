@@ -258,6 +258,9 @@ func (m *Machine) waitReady(ctx context.Context) error {
 	}
 }
 
+// KernelPath is the bzImage the guest booted.
+func (m *Machine) KernelPath() string { return m.cfg.Kernel }
+
 // Release is the guest kernel's release.
 func (m *Machine) Release() string { return m.release }
 

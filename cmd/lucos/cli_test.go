@@ -208,6 +208,25 @@ func TestInteractiveRunExecStatusAndSecondRun(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, `"state": "running"`) {
 		t.Errorf("lucos status --json: %d %q", r.code, r.stdout)
 	}
+	// lucos ps and sym see the guest from outside; the guest's own
+	// /proc/kallsyms is the oracle for the address.
+	r = lucos(t, nil, "ps", "--api-sock", v.sock, "--json")
+	var ps api.TasksReply
+	if err := json.Unmarshal([]byte(r.stdout), &ps); err != nil || len(ps.Tasks) < 20 || ps.Tasks[0].Comm == "" {
+		t.Errorf("lucos ps --json: %v, %d tasks; stderr %s", err, len(ps.Tasks), r.stderr)
+	}
+	r = lucos(t, nil, "ps", "--api-sock", v.sock)
+	if !strings.Contains(r.stdout, "[kthreadd]") || !strings.Contains(r.stdout, "init") {
+		t.Errorf("lucos ps:\n%s%s", r.stdout, r.stderr)
+	}
+	oracle := lucos(t, nil, "exec", "--api-sock", v.sock, "--", "grep", " cmdline_proc_show$", "/proc/kallsyms")
+	r = lucos(t, nil, "sym", "--api-sock", v.sock, "cmdline_proc_show")
+	if f := strings.Fields(oracle.stdout); len(f) < 1 || !strings.HasPrefix(r.stdout, "0x"+f[0]+" t cmdline_proc_show") {
+		t.Errorf("lucos sym: %q; guest kallsyms: %q", r.stdout, oracle.stdout)
+	}
+	if r := lucos(t, nil, "sym", "--api-sock", v.sock, "no_such_symbol_here"); r.code != 1 || !strings.Contains(r.stderr, "not found") {
+		t.Errorf("unknown symbol: exit %d %q", r.code, r.stderr)
+	}
 	// The API socket is private to its owner.
 	if st, err := os.Stat(v.sock); err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("API socket mode: %v %v", st.Mode(), err)
