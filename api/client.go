@@ -9,8 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"os"
+	"strconv"
 
 	"github.com/lucos/lucos/vmm"
 )

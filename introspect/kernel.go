@@ -213,3 +213,26 @@ func (k *Kernel) read32(va uint64) (uint32, error) {
 func (k *Kernel) perCPUAddr(name string, cpu int) uint64 {
 	return k.PerCPU[cpu] + k.must(name)
 }
+
+// Symbol returns a symbol by name and sympos (0: must be unique) with its
+// runtime address.
+func (k *Kernel) Symbol(name string, pos int) (kimage.Symbol, uint64, error) {
+	s, err := k.Image.Symbols.Find(name, pos)
+	if err != nil {
+		return s, 0, err
+	}
+	if s.Type == 'A' {
+		return s, s.Addr, nil
+	}
+	return s, s.Addr + k.Slide, nil
+}
+
+// ReadVirt reads guest kernel memory at a virtual address.
+func (k *Kernel) ReadVirt(va uint64, buf []byte) error { return k.Walker.ReadVirt(va, buf) }
+
+// Release is the kernel release of the image (and so of the guest).
+func (k *Kernel) Release() string { return k.Image.Release }
+
+// FieldOffset and Sizeof read the kernel's BTF.
+func (k *Kernel) FieldOffset(typ, path string) (uint64, error) { return k.Image.FieldOffset(typ, path) }
+func (k *Kernel) Sizeof(typ string) (uint64, error)            { return k.Image.Sizeof(typ) }

@@ -66,9 +66,13 @@ func DetectCompression(payload []byte) (Compression, error) {
 }
 
 // Decompress decodes a bzImage payload (as bzimage.Header locates it) into
-// the vmlinux it holds. The kernel appends the uncompressed size as a
-// little-endian uint32 to every payload; it is checked when present.
+// the vmlinux it holds. The kernel's build appends the uncompressed size as
+// a little-endian uint32 to every payload (payload_length counts it): the
+// last 4 bytes are taken as that trailer and checked.
 func Decompress(ctx context.Context, payload []byte) ([]byte, Compression, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, "", err
+	}
 	c, err := DetectCompression(payload)
 	if err != nil {
 		return nil, "", err
@@ -78,22 +82,28 @@ func Decompress(ctx context.Context, payload []byte) ([]byte, Compression, error
 	if len(payload) >= 8 {
 		want = int64(binary.LittleEndian.Uint32(payload[len(payload)-4:]))
 	}
-	src := &ctxReader{ctx: ctx, r: bytes.NewReader(payload)}
+	// Every decoder but lz4's (which knows the trailer) stops at the end of
+	// its stream only if nothing follows it.
+	body := payload
+	if want >= 0 && c != LZ4 {
+		body = payload[:len(payload)-4]
+	}
+	src := &ctxReader{ctx: ctx, r: bytes.NewReader(body)}
 	var r io.Reader
 	switch c {
 	case Gzip:
 		zr, err := gzip.NewReader(src)
 		if err != nil {
-			return nil, c, formatErr(what, 0, "%v", err)
+			return nil, c, decodeErr(ctx, what, 0, err)
 		}
-		zr.Multistream(false) // the size trailer follows the member
+		zr.Multistream(false)
 		r = zr
 	case Bzip2:
 		r = bzip2.NewReader(src)
 	case XZ:
 		zr, err := xz.NewReader(src, 0)
 		if err != nil {
-			return nil, c, formatErr(what, 0, "%v", err)
+			return nil, c, decodeErr(ctx, what, 0, err)
 		}
 		zr.Multistream(false)
 		r = zr
@@ -106,12 +116,7 @@ func Decompress(ctx context.Context, payload []byte) ([]byte, Compression, error
 		}
 		r = zr
 	case Zstd:
-		body := payload
-		if want >= 0 {
-			body = payload[:len(payload)-4]
-		}
-		zr, err := zstd.NewReader(&ctxReader{ctx: ctx, r: bytes.NewReader(body)},
-			zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(maxVmlinux)))
+		zr, err := zstd.NewReader(src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(maxVmlinux)))
 		if err != nil {
 			return nil, c, fmt.Errorf("%s: %w", what, err)
 		}
@@ -127,10 +132,7 @@ func Decompress(ctx context.Context, payload []byte) ([]byte, Compression, error
 	}
 	n, err := io.Copy(&out, io.LimitReader(r, maxVmlinux+1))
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, c, ctx.Err()
-		}
-		return nil, c, formatErr(what, int64(len(payload)-src.r.Len()), "decode after %d output bytes: %v", n, err)
+		return nil, c, decodeErr(ctx, what, int64(len(body)-src.r.Len()), fmt.Errorf("after %d output bytes: %w", n, err))
 	}
 	if n > maxVmlinux {
 		return nil, c, formatErr(what, 0, "output exceeds %d bytes", maxVmlinux)
@@ -139,6 +141,15 @@ func Decompress(ctx context.Context, payload []byte) ([]byte, Compression, error
 		return nil, c, formatErr(what, int64(len(payload)-4), "decoded %d bytes, trailer says %d", n, want)
 	}
 	return out.Bytes(), c, nil
+}
+
+// decodeErr reports a decoder's failure at input offset off, or the
+// context's error when that is why it stopped.
+func decodeErr(ctx context.Context, what string, off int64, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return formatErr(what, off, "decode: %v", err)
 }
 
 // ExtractVmlinux reads the bzImage in r and returns the vmlinux ELF inside it.

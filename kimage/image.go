@@ -130,6 +130,9 @@ func ParseVmlinux(vmlinux []byte) (img *Image, err error) {
 	raw, tables, kerr := elfKallsyms(f)
 	switch {
 	case kerr == nil:
+		if err := checkCode(f, raw); err != nil {
+			return nil, fmt.Errorf("vmlinux: kallsyms at %#x: %w", tables.TokenTable, err)
+		}
 		img.SymbolSource, img.Kallsyms = "kallsyms", tables
 	default:
 		var serr error
@@ -200,6 +203,44 @@ func elfKallsyms(f *elf.File) ([]RawSymbol, *KallsymsTables, error) {
 		return nil, nil, ErrNoKallsyms
 	}
 	return nil, nil, errors.Join(errs...)
+}
+
+// checkCode checks the decoded code symbols against the code sections. The
+// tables cannot reveal a wrong kallsyms_relative_base (every address moves
+// with it); the sections can.
+func checkCode(f *elf.File, syms []RawSymbol) error {
+	var code []Region
+	for _, s := range f.Sections {
+		if s.Flags&elf.SHF_EXECINSTR != 0 && s.Flags&elf.SHF_ALLOC != 0 {
+			code = append(code, Region{s.Name, s.Addr, s.Addr + s.Size})
+		}
+	}
+	total, outside := 0, 0
+	var example RawSymbol
+	for _, s := range syms {
+		if s.Type != 'T' && s.Type != 't' {
+			continue
+		}
+		total++
+		in := false
+		for _, r := range code {
+			if s.Addr >= r.Start && s.Addr <= r.End { // a marker may sit at the end
+				in = true
+				break
+			}
+		}
+		if !in {
+			if outside == 0 {
+				example = s
+			}
+			outside++
+		}
+	}
+	if len(code) > 0 && outside*100 > total {
+		return fmt.Errorf("%d of %d code symbols lie outside the code sections (%s at %#x): wrong relative base?",
+			outside, total, example.Name, example.Addr)
+	}
+	return nil
 }
 
 const bannerPrefix = "Linux version "

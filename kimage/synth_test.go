@@ -213,7 +213,7 @@ func synthSymbols() []kimage.RawSymbol {
 	// Enough symbols for several markers.
 	for i := 0; i < 700; i++ {
 		syms = append(syms, kimage.RawSymbol{Name: "filler_" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + "_" + string(rune('a'+i/26%26)),
-			Addr: 0xffffffff83000000 + uint64(i)*0x40, Type: "tTdDbBrR"[i%8]})
+			Addr: 0xffffffff83000000 + uint64(i)*0x40, Type: "dDbB"[i%4]})
 	}
 	return syms
 }
