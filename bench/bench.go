@@ -46,6 +46,7 @@ var Scenarios = []Scenario{
 	{"boot", "boot to the guest's shell: lucos vs plain QEMU, same kernel and initramfs", Boot},
 	{"pause", "guest-visible pause of all vCPUs, guest busy on every vCPU", Pause},
 	{"read", "guest-physical read throughput: shared mapping vs gdbstub", Read},
+	{"introspect", "parse symbols and BTF, attach, snapshot and scan every kernel stack", Introspect},
 }
 
 // Lookup finds a scenario by name.

@@ -78,14 +78,14 @@ func Decompress(ctx context.Context, payload []byte) ([]byte, Compression, error
 		return nil, "", err
 	}
 	what := string(c) + " payload"
-	var want int64 = -1
-	if len(payload) >= 8 {
-		want = int64(binary.LittleEndian.Uint32(payload[len(payload)-4:]))
+	if len(payload) < 8 {
+		return nil, c, formatErr(what, 0, "%d bytes is too short for a payload and its size trailer", len(payload))
 	}
+	want := int64(binary.LittleEndian.Uint32(payload[len(payload)-4:]))
 	// Every decoder but lz4's (which knows the trailer) stops at the end of
 	// its stream only if nothing follows it.
 	body := payload
-	if want >= 0 && c != LZ4 {
+	if c != LZ4 {
 		body = payload[:len(payload)-4]
 	}
 	src := &ctxReader{ctx: ctx, r: bytes.NewReader(body)}
@@ -125,11 +125,9 @@ func Decompress(ctx context.Context, payload []byte) ([]byte, Compression, error
 	default:
 		return nil, c, fmt.Errorf("%w: %s", ErrUnsupportedCompression, c)
 	}
+	// Trust the trailer only as far as a plausible ratio.
 	var out bytes.Buffer
-	if want > 0 {
-		// Trust the trailer only as far as a plausible ratio.
-		out.Grow(int(min(want, 64*int64(len(payload)), maxVmlinux)))
-	}
+	out.Grow(int(min(want, 64*int64(len(payload)), maxVmlinux)))
 	n, err := io.Copy(&out, io.LimitReader(r, maxVmlinux+1))
 	if err != nil {
 		return nil, c, decodeErr(ctx, what, int64(len(body)-src.r.Len()), fmt.Errorf("after %d output bytes: %w", n, err))
@@ -137,7 +135,7 @@ func Decompress(ctx context.Context, payload []byte) ([]byte, Compression, error
 	if n > maxVmlinux {
 		return nil, c, formatErr(what, 0, "output exceeds %d bytes", maxVmlinux)
 	}
-	if want >= 0 && uint32(n) != uint32(want) {
+	if n != want {
 		return nil, c, formatErr(what, int64(len(payload)-4), "decoded %d bytes, trailer says %d", n, want)
 	}
 	return out.Bytes(), c, nil

@@ -19,6 +19,9 @@ import (
 	"github.com/lucos/lucos/vmm"
 )
 
+// testvmKernel is the path of the default guest's kernel.
+func testvmKernel(t *testing.T) string { return testvm.Image(t).Kernel }
+
 // loadReal loads the default guest's kernel, fetching it on first use (the
 // test skips without it, except under CI).
 func loadReal(t *testing.T) *kimage.Image {

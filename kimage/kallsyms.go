@@ -166,12 +166,13 @@ func parseAt(m memory, x int) ([]RawSymbol, *KallsymsTables, error) {
 	for i := range idx {
 		idx[i] = int(m.u16(x + 2*i))
 	}
-	// Rule 1: the token table ends at x, after < 8 bytes of padding.
+	// Rule 1: the token table ends at x: the last token's NUL and < 8
+	// bytes of padding, so 1 to 8 zero bytes.
 	end := x
 	for end > 0 && x-end < kallsymsAlign && m.data[end-1] == 0 {
 		end--
 	}
-	if end == x-kallsymsAlign || end == 0 || m.data[end-1] == 0 {
+	if end == x || end == 0 || m.data[end-1] == 0 {
 		return nil, nil, fe(x, "token index not preceded by a token string")
 	}
 	// end-1 is the last byte of the last token; its NUL is at end.
@@ -243,10 +244,7 @@ func isTypeLetter(b byte) bool { return b >= 'a' && b <= 'z' || b >= 'A' && b <=
 func findNames(m memory, t *KallsymsTables, tt int) error {
 	// seqs_of_names holds 3 bytes per symbol, at most 2^24 symbols.
 	lowest := max(0, tt-3<<24-kallsymsAlign)
-	for e := tt; e >= lowest; e-- {
-		if !m.aligned(e) {
-			continue
-		}
+	for e := tt; e >= lowest; e -= kallsymsAlign { // tt is aligned
 		for _, size := range []int{4, 8} {
 			markers, ms := findMarkers(m, e, size)
 			if markers == nil {
@@ -254,10 +252,15 @@ func findNames(m memory, t *KallsymsTables, tt int) error {
 			}
 			var nums []int // candidate symbol counts; nil: any
 			if e != tt {
+				// The gap holds 3 bytes per symbol; the count must also
+				// need exactly this many markers.
 				for pad := 0; pad < kallsymsAlign; pad++ {
-					if n := tt - e - pad; n > 0 && n%3 == 0 {
+					if n := tt - e - pad; n > 0 && n%3 == 0 && (n/3+255)/256 == len(markers) {
 						nums = append(nums, n/3)
 					}
+				}
+				if nums == nil {
+					continue
 				}
 			}
 			names, num := namesBefore(m, ms, markers, nums)
@@ -282,11 +285,18 @@ func findNames(m memory, t *KallsymsTables, tt int) error {
 // kallsyms_names and the symbol count, or 0, 0. When nums is not nil the
 // count must be one of them.
 func namesBefore(m memory, ms int, markers []uint64, nums []int) (int, int) {
-	last := int(markers[len(markers)-1])
-	hi := ms - last - 1
+	if markers[len(markers)-1] >= uint64(ms) {
+		return 0, 0
+	}
+	// The last marker's entry starts at names+last and the at most 256
+	// entries after it end at the markers.
+	hi := ms - int(markers[len(markers)-1]) - 1
 	lo := max(hi-256*maxNameEntry, 8)
-	for n := hi; n >= lo; n-- {
-		if !m.aligned(n) || !m.in(n-8, 8) {
+	for hi >= lo && !m.aligned(hi) {
+		hi--
+	}
+	for n := hi; n >= lo; n -= kallsymsAlign {
+		if !m.in(n-8, 8) {
 			continue
 		}
 		cnt := int(m.u32(n - 8))

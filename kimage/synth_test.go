@@ -20,6 +20,7 @@ type synthLayout struct {
 	absolute bool // kallsyms_addresses (no CONFIG_KALLSYMS_BASE_RELATIVE)
 	percpu   bool // CONFIG_KALLSYMS_ABSOLUTE_PERCPU: addresses below 1<<32 are per-CPU
 	marker8  bool // 8-byte markers (kernels before 6.x)
+	fullPad  bool // token table length ≡ 1 mod 8: its last NUL and 7 bytes of padding
 }
 
 var synthLayouts = []synthLayout{
@@ -30,6 +31,7 @@ var synthLayouts = []synthLayout{
 	{name: "absolute", absolute: true},
 	{name: "absolute-6.4", absolute: true, tail: true},
 	{name: "old-markers", percpu: true, marker8: true},
+	{name: "token-table-fully-padded", percpu: true, seqs: true, fullPad: true},
 }
 
 // synthTokens builds a token table for names as scripts/kallsyms does in
@@ -95,6 +97,17 @@ func synthKallsyms(t testing.TB, syms []kimage.RawSymbol, l synthLayout, base ui
 		full[i] = string(s.Type) + s.Name
 	}
 	tokens := synthTokens(full)
+	if l.fullPad {
+		// Code 0xff is no character of a name: lengthen its token.
+		n := 0
+		for _, tok := range tokens {
+			n += len(tok) + 1
+		}
+		for n%8 != 1 {
+			tokens[255] += "q"
+			n++
+		}
+	}
 	var b bytes.Buffer
 	pad := func() {
 		for (base+uint64(b.Len()))%8 != 0 {

@@ -66,12 +66,41 @@ type synthSection struct {
 	addr  uint64
 	data  []byte
 	size  uint64 // for NOBITS
+	link  uint32
+}
+
+// synthSym is a .symtab entry; shndx 1 is the first of synthELF's sections.
+type synthSym struct {
+	name        string
+	value, size uint64
+	info        byte // bind<<4 | type
+	shndx       uint16
 }
 
 // synthELF writes a minimal ELF64 little-endian x86-64 executable with the
-// given sections and a section-name table: enough for debug/elf.
-func synthELF(secs []synthSection) []byte {
+// given sections and a section-name table, and with syms a .symtab: enough
+// for debug/elf.
+func synthELF(secs []synthSection, syms ...synthSym) []byte {
 	le := binary.LittleEndian
+	if len(syms) > 0 {
+		var strtab bytes.Buffer
+		strtab.WriteByte(0)
+		symtab := make([]byte, 24) // the null symbol
+		for _, s := range syms {
+			var e [24]byte
+			le.PutUint32(e[0:], uint32(strtab.Len()))
+			strtab.WriteString(s.name)
+			strtab.WriteByte(0)
+			e[4] = s.info
+			le.PutUint16(e[6:], s.shndx)
+			le.PutUint64(e[8:], s.value)
+			le.PutUint64(e[16:], s.size)
+			symtab = append(symtab, e[:]...)
+		}
+		secs = append(secs,
+			synthSection{name: ".symtab", typ: 2, data: symtab, link: uint32(len(secs) + 2)},
+			synthSection{name: ".strtab", typ: 3, data: strtab.Bytes()})
+	}
 	var shstr bytes.Buffer
 	shstr.WriteByte(0)
 	names := make([]uint32, len(secs)+1)
@@ -113,7 +142,12 @@ func synthELF(secs []synthSection) []byte {
 		le.PutUint64(sh[16:], s.addr)
 		le.PutUint64(sh[24:], offs[i])
 		le.PutUint64(sh[32:], size)
+		le.PutUint32(sh[40:], s.link)
 		le.PutUint64(sh[48:], 1) // addralign
+		if s.typ == 2 {
+			le.PutUint32(sh[44:], 1) // first global symbol
+			le.PutUint64(sh[56:], 24)
+		}
 		body.Write(sh[:])
 	}
 	out := body.Bytes()

@@ -53,6 +53,8 @@ func parseMapLine(line []byte) (s RawSymbol, ok bool, err error) {
 	switch {
 	case len(f) == 0:
 		return s, false, nil
+	case len(f) == 2 && len(f[0]) == 1 && (f[0][0] == 'U' || f[0][0] == 'w' || f[0][0] == 'v'):
+		return s, false, nil // nm's undefined symbols have no address
 	case len(f) < 3:
 		return s, false, errors.New("want address, type and name")
 	case len(f) == 4 && f[3][0] == '[' && f[3][len(f[3])-1] == ']':

@@ -23,7 +23,20 @@ const (
 
 	// DefaultGuestMemory is the guest RAM used when the user names none.
 	DefaultGuestMemory = 1 << 30
+
+	// SlotSize is the unit of the patch region one patch occupies: one
+	// 2 MiB PMD entry of the kernel-image window maps one slot. The slot's
+	// first page holds the slot's own page table (4 KiB pages, so text,
+	// read-only data and data get their own permissions); the patch's
+	// pages follow.
+	SlotSize = 2 << 20
+
+	// Slots is how many patches can be loaded at once.
+	Slots = PatchRegionSize / SlotSize
 )
+
+// SlotBase is the guest-physical address of slot i.
+func SlotBase(i int) uint64 { return PatchRegionBase + uint64(i)*SlotSize }
 
 // ReserveArg is the kernel command-line argument that hides the patch region
 // from the guest ("memmap=16M$0x10000000": mark the range reserved).
