@@ -7,6 +7,9 @@
 //	POST /exec  run a command in the guest: {"argv": [...]} or {"script": "..."}
 //	GET  /tasks every task (guest paused for the snapshot) with its top kernel frames
 //	GET  /sym   ?q=NAME[&pos=N] or ?q=0xADDR: symbol ↔ runtime address (KASLR slide applied)
+//	POST /patches               apply a patch module: {"ko": base64, "wait": bool, "timeout": "30s"}
+//	GET  /patches               every patch with its state, pause and time to commit
+//	POST /patches/{id}/rollback roll a patch back: {"wait": bool, "timeout": "30s"}
 package api
 
 import (

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/lucos/lucos/patch"
 	"github.com/lucos/lucos/vmm"
 )
 
@@ -57,6 +58,24 @@ func (c *Client) Tasks(ctx context.Context) (*TasksReply, error) {
 func (c *Client) Sym(ctx context.Context, q string, pos int) (*SymbolReply, error) {
 	var r SymbolReply
 	return &r, c.do(ctx, http.MethodGet, "/sym?"+url.Values{"q": {q}, "pos": {strconv.Itoa(pos)}}.Encode(), nil, &r)
+}
+
+// Apply applies a patch module (POST /patches).
+func (c *Client) Apply(ctx context.Context, req ApplyRequest) (*patch.Info, error) {
+	var in patch.Info
+	return &in, c.do(ctx, http.MethodPost, "/patches", req, &in)
+}
+
+// Patches lists the VM's patches (GET /patches).
+func (c *Client) Patches(ctx context.Context) ([]patch.Info, error) {
+	var list []patch.Info
+	return list, c.do(ctx, http.MethodGet, "/patches", nil, &list)
+}
+
+// Rollback rolls a patch back (POST /patches/{id}/rollback).
+func (c *Client) Rollback(ctx context.Context, id string, req RollbackRequest) (*patch.Info, error) {
+	var in patch.Info
+	return &in, c.do(ctx, http.MethodPost, "/patches/"+url.PathEscape(id)+"/rollback", req, &in)
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {

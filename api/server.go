@@ -24,6 +24,7 @@ type Server struct {
 	srv  *http.Server
 
 	kernel *kernelView
+	engine *engineView
 }
 
 // Listen claims the socket at path: a live socket is refused with
@@ -41,11 +42,15 @@ func Listen(path string, m *vmm.Machine) (*Server, error) {
 		return nil, fmt.Errorf("API socket: %w", err)
 	}
 	s := &Server{m: m, path: path, ln: ln, kernel: &kernelView{m: m}}
+	s.engine = &engineView{kernel: s.kernel}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /vm", s.getVM)
 	mux.HandleFunc("POST /exec", s.postExec)
 	mux.HandleFunc("GET /tasks", s.getTasks)
 	mux.HandleFunc("GET /sym", s.getSym)
+	mux.HandleFunc("POST /patches", s.postPatch)
+	mux.HandleFunc("GET /patches", s.getPatches)
+	mux.HandleFunc("POST /patches/{id}/rollback", s.postRollback)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
@@ -112,8 +117,7 @@ func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) postExec(w http.ResponseWriter, r *http.Request) {
 	var req ExecRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
-		fail(w, http.StatusBadRequest, fmt.Errorf("bad exec request: %w", err))
+	if !decode(w, r, &req, 1<<20) {
 		return
 	}
 	if (len(req.Argv) == 0) == (req.Script == "") {
@@ -141,6 +145,15 @@ func (s *Server) postExec(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, res)
 	}
+}
+
+// decode reads a JSON body of at most limit bytes, replying 400 on error.
+func decode(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit)).Decode(v); err != nil {
+		fail(w, http.StatusBadRequest, fmt.Errorf("bad %s %s request: %w", r.Method, r.URL.Path, err))
+		return false
+	}
+	return true
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -28,8 +29,9 @@ type Image struct {
 	SHA256 string
 
 	Symbols *Symbols
-	// SymbolSource is "kallsyms" (the image's own tables) or "symtab" (the
-	// .symtab of an unstripped vmlinux without kallsyms).
+	// SymbolSource is "kallsyms" (the image's own tables), "symtab" (the
+	// .symtab of an unstripped vmlinux without kallsyms) or "System.map"
+	// (after UseSystemMap).
 	SymbolSource string
 	// Kallsyms says where the kallsyms tables were found; nil for "symtab".
 	Kallsyms *KallsymsTables
@@ -52,6 +54,21 @@ func (img *Image) Banner() []byte { return bytes.Clone(img.banner) }
 // BTFRaw returns the .BTF section as stored in the image: the running
 // kernel exports the same bytes as /sys/kernel/btf/vmlinux.
 func (img *Image) BTFRaw() []byte { return bytes.Clone(img.btfRaw) }
+
+// UseSystemMap replaces the image's symbols with those of a real System.map
+// (or /proc/kallsyms text), keeping the image's sections as size bounds.
+// sympos then counts that file's symbols, which can include names kallsyms
+// leaves out: livepatch counts kallsyms, so prefer the image's own table
+// when it has one.
+func (img *Image) UseSystemMap(r io.Reader) error {
+	raw, err := ReadSystemMap(r)
+	if err != nil {
+		return err
+	}
+	img.Symbols = NewSymbols(raw, img.Symbols.Regions())
+	img.SymbolSource = "System.map"
+	return nil
+}
 
 // FieldOffset is FieldOffset on the image's BTF.
 func (img *Image) FieldOffset(structName, path string) (uint64, error) {

@@ -146,9 +146,9 @@ func tokenIndexCandidate(m memory, x int) bool {
 	if m.u16(x) != 0 {
 		return false
 	}
-	prev := uint16(0)
+	prev := 0
 	for i := 1; i < 256; i++ {
-		v := m.u16(x + 2*i)
+		v := int(m.u16(x + 2*i)) // int: prev+2 must not wrap
 		if v < prev+2 {
 			return false
 		}

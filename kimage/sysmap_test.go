@@ -124,4 +124,15 @@ func TestELFSymbols(t *testing.T) {
 	if s, err := img.Symbols.Find("helper", 0); err != nil || s.Size != 0x40 {
 		t.Errorf("helper: %v %v", s, err)
 	}
+
+	// A System.map replaces them, sized by the image's sections.
+	if err := img.UseSystemMap(strings.NewReader("ffffffff81000000 T _text\nffffffff81000010 t other\n")); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := img.Symbols.Find("other", 0); img.SymbolSource != "System.map" || err != nil || s.Size != 0xf0 {
+		t.Errorf("after UseSystemMap: %s, %v, %v", img.SymbolSource, s, err)
+	}
+	if err := img.UseSystemMap(strings.NewReader("")); err == nil {
+		t.Error("empty System.map accepted")
+	}
 }

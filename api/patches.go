@@ -1,0 +1,96 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/lucos/lucos/patch"
+)
+
+// ApplyRequest is the body of POST /patches.
+type ApplyRequest struct {
+	KO      []byte   `json:"ko"` // the patch module (base64 in JSON)
+	Wait    bool     `json:"wait,omitempty"`
+	Timeout Duration `json:"timeout,omitempty"`
+}
+
+// RollbackRequest is the body of POST /patches/{id}/rollback.
+type RollbackRequest struct {
+	Wait    bool     `json:"wait,omitempty"`
+	Timeout Duration `json:"timeout,omitempty"`
+}
+
+// engineView creates the patch engine on first use.
+type engineView struct {
+	kernel *kernelView
+	once   sync.Once
+	e      *patch.Engine
+	err    error
+}
+
+func (v *engineView) get(ctx context.Context) (*patch.Engine, error) {
+	v.once.Do(func() {
+		k, err := v.kernel.get(ctx)
+		if err != nil {
+			v.err = err
+			return
+		}
+		v.e, v.err = patch.New(v.kernel.m, k, nil)
+	})
+	return v.e, v.err
+}
+
+func (s *Server) postPatch(w http.ResponseWriter, r *http.Request) {
+	var req ApplyRequest
+	if !decode(w, r, &req, 64<<20) {
+		return
+	}
+	e, err := s.engine.get(r.Context())
+	if err != nil {
+		fail(w, http.StatusInternalServerError, err)
+		return
+	}
+	p, err := e.Apply(context.WithoutCancel(r.Context()), req.KO, patch.Options{Wait: req.Wait, Timeout: time.Duration(req.Timeout)})
+	if err != nil {
+		fail(w, http.StatusUnprocessableEntity, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, p.Info())
+}
+
+func (s *Server) getPatches(w http.ResponseWriter, r *http.Request) {
+	e, err := s.engine.get(r.Context())
+	if err != nil {
+		fail(w, http.StatusInternalServerError, err)
+		return
+	}
+	list := e.List()
+	if list == nil {
+		list = []patch.Info{}
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+func (s *Server) postRollback(w http.ResponseWriter, r *http.Request) {
+	var req RollbackRequest
+	if !decode(w, r, &req, 1<<10) {
+		return
+	}
+	e, err := s.engine.get(r.Context())
+	if err != nil {
+		fail(w, http.StatusInternalServerError, err)
+		return
+	}
+	p, err := e.Rollback(context.WithoutCancel(r.Context()), r.PathValue("id"), patch.Options{Wait: req.Wait, Timeout: time.Duration(req.Timeout)})
+	switch {
+	case errors.Is(err, patch.ErrNotFound):
+		fail(w, http.StatusNotFound, err)
+	case err != nil:
+		fail(w, http.StatusConflict, err)
+	default:
+		writeJSON(w, http.StatusOK, p.Info())
+	}
+}

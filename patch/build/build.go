@@ -1,0 +1,308 @@
+package build
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// The SDK header, embedded so that the lucos binary builds patches from
+// anywhere. It is a copy of sdk/include/lucos/patch.h (the test
+// TestEmbeddedHeaderIsSDK keeps the two identical).
+//
+//go:generate cp ../../sdk/include/lucos/patch.h sdk/lucos/patch.h
+//go:embed sdk/lucos/patch.h
+var patchHeader []byte
+
+// Errors callers branch on. Build's errors wrap them, or are a
+// *CompileError.
+var (
+	// ErrNoSource: the patch directory has no .c file.
+	ErrNoSource = errors.New("no .c file")
+	// ErrNoPatchMacro: no source file uses LUCOS_PATCH.
+	ErrNoPatchMacro = errors.New("no LUCOS_PATCH(name, description) in any .c file")
+	// ErrToolMissing: make or the kernel's compiler is not on PATH.
+	ErrToolMissing = errors.New("build tool missing")
+)
+
+// Options say what to build against and where to put the result.
+type Options struct {
+	// Release is the guest kernel release to build for; empty means the
+	// default guest's release (the one `lucos run` boots), fetched into the
+	// cache if needed. A release given here must already be cached.
+	Release  string
+	CacheDir string // guest cache; empty = guest.DefaultCacheDir()
+	// Output is the path of the .ko; empty = DIR/<base name of DIR>.ko.
+	Output string
+	// CFlags are extra compiler flags, e.g. "-DFOO=1".
+	CFlags   []string
+	Progress io.Writer // progress lines; nil = silent
+}
+
+// Result describes a built patch module.
+type Result struct {
+	KO      string `json:"ko"`      // path of the written .ko
+	Name    string `json:"name"`    // LUCOS_PATCH's name
+	Release string `json:"release"` // kernel release it targets
+	BuildID string `json:"build_id"`
+	// Module is the kernel module name (lucos_<DIR base name>).
+	Module string `json:"module"`
+	// Unexported are the kernel symbols the patch references that the
+	// kernel does not export; lucos resolves them when it applies the patch.
+	Unexported []string `json:"unexported,omitempty"`
+	// Warnings are the compiler's and kbuild's warnings, and what lucos
+	// will refuse or ignore when it applies the patch.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Build compiles the patch in dir (its .c and .h files) into one patch
+// module for the guest kernel release o.Release. Nothing is written into
+// dir except the output .ko (and only once the module checks out).
+func Build(ctx context.Context, dir string, o Options) (*Result, error) {
+	dir = filepath.Clean(dir)
+	base := filepath.Base(absOr(dir))
+	srcs, err := patchSources(dir)
+	if err != nil {
+		return nil, fmt.Errorf("patch build %s: %w", dir, err)
+	}
+	mod := moduleName(base)
+	kb := &kbuild{srcDir: dir, label: base, srcs: srcs, cflags: o.CFlags, progress: progress{o.Progress}}
+	kb.kbuildFile = patchKbuild(mod, srcs)
+	kb.extra = map[string][]byte{filepath.Join("include", "lucos", "patch.h"): patchHeader}
+
+	start := time.Now()
+	if err := kb.run(ctx, o); err != nil {
+		return nil, fmt.Errorf("patch build %s: %w", dir, err)
+	}
+	defer kb.cleanup()
+	built := filepath.Join(kb.tmp, mod+".ko")
+	m, err := InspectFile(built)
+	if err != nil {
+		return nil, fmt.Errorf("patch build %s: %w", dir, err)
+	}
+	if m.Release != kb.img.Release {
+		return nil, fmt.Errorf("patch build %s: the module's vermagic %q does not name %s", dir, m.Vermagic, kb.img.Release)
+	}
+	if !patchName.MatchString(m.Name) {
+		return nil, fmt.Errorf("patch build %s: LUCOS_PATCH name %q: use 1-64 letters, digits, '.', '_' or '-'", dir, m.Name)
+	}
+
+	res := &Result{Name: m.Name, Release: m.Release, BuildID: m.BuildID, Module: mod, Unexported: kb.unexported}
+	res.Warnings = append(kb.warnings, moduleWarnings(m, base)...)
+	res.KO = o.Output
+	if res.KO == "" {
+		res.KO = filepath.Join(dir, base+".ko")
+	}
+	if err := copyFile(built, res.KO); err != nil {
+		return nil, fmt.Errorf("patch build %s: %w", dir, err)
+	}
+	kb.progress.Printf("patch build: %s (%s, build id %.12s) in %v", res.KO, m.Name, m.BuildID, time.Since(start).Round(time.Millisecond))
+	return res, nil
+}
+
+// BuildModule builds an ordinary out-of-tree kernel module — dir holds its
+// sources and its own Kbuild (or Makefile) — against the guest kernel's
+// headers, the way Build does, and returns the path of the .ko (o.Output,
+// or DIR/<module>.ko). It is for modules meant to be insmod'ed in the
+// guest, such as the Linux livepatch module of the side-by-side benchmark.
+func BuildModule(ctx context.Context, dir string, o Options) (string, error) {
+	dir = filepath.Clean(dir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", fmt.Errorf("module build %s: %w", dir, err)
+	}
+	var files []string
+	hasKbuild := false
+	for _, e := range entries {
+		if !e.Type().IsRegular() || strings.HasSuffix(e.Name(), ".ko") {
+			continue
+		}
+		files = append(files, e.Name())
+		hasKbuild = hasKbuild || e.Name() == "Kbuild" || e.Name() == "Makefile"
+	}
+	if !hasKbuild {
+		return "", fmt.Errorf("module build %s: no Kbuild or Makefile", dir)
+	}
+	kb := &kbuild{srcDir: dir, label: filepath.Base(absOr(dir)), srcs: files, cflags: o.CFlags, progress: progress{o.Progress}}
+	if err := kb.run(ctx, o); err != nil {
+		return "", fmt.Errorf("module build %s: %w", dir, err)
+	}
+	defer kb.cleanup()
+	kos, _ := filepath.Glob(filepath.Join(kb.tmp, "*.ko"))
+	if len(kos) != 1 {
+		return "", fmt.Errorf("module build %s: kbuild made %d modules, want 1", dir, len(kos))
+	}
+	out := o.Output
+	if out == "" {
+		out = filepath.Join(dir, filepath.Base(kos[0]))
+	}
+	if err := copyFile(kos[0], out); err != nil {
+		return "", fmt.Errorf("module build %s: %w", dir, err)
+	}
+	return out, nil
+}
+
+// patchSources lists the .c and .h files of dir; it fails without a .c file
+// or without LUCOS_PATCH in one.
+func patchSources(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var srcs []string
+	nc, macro := 0, false
+	for _, e := range entries {
+		name := e.Name()
+		ext := filepath.Ext(name)
+		if !e.Type().IsRegular() || (ext != ".c" && ext != ".h") {
+			continue
+		}
+		srcs = append(srcs, name)
+		if ext != ".c" {
+			continue
+		}
+		nc++
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return nil, err
+		}
+		macro = macro || usesPatchMacro(string(b))
+	}
+	switch {
+	case nc == 0:
+		return nil, ErrNoSource
+	case !macro:
+		return nil, ErrNoPatchMacro
+	}
+	return srcs, nil
+}
+
+var patchMacroUse = regexp.MustCompile(`(?m)^[ \t]*LUCOS_PATCH[ \t]*\(`)
+
+// usesPatchMacro reports whether a line of src starts with LUCOS_PATCH(.
+// It is a quick check for a clear error before compiling; the built
+// module's .lucos.meta is what counts.
+func usesPatchMacro(src string) bool { return patchMacroUse.MatchString(src) }
+
+// moduleName is the kernel module name of a patch directory: lucos_ and
+// its base name, with what a module name may not hold turned into '_'.
+func moduleName(base string) string {
+	var b strings.Builder
+	b.WriteString("lucos_")
+	for _, r := range base {
+		if r < 0x80 && (r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	// MODULE_NAME_LEN is 64 - sizeof(unsigned long), with the NUL.
+	return truncate(b.String(), 55)
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// patchKbuild is the Kbuild file linking every .c file into module mod.
+func patchKbuild(mod string, srcs []string) string {
+	var objs []string
+	for _, s := range srcs {
+		if stem, ok := strings.CutSuffix(s, ".c"); ok {
+			objs = append(objs, stem+".o")
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Generated by lucos patch build.\nobj-m := %s.o\n", mod)
+	if len(objs) == 1 && objs[0] == mod+".o" {
+		// A single source named like the module is the module.
+	} else {
+		fmt.Fprintf(&b, "%s-y := %s\n", mod, strings.Join(objs, " "))
+	}
+	b.WriteString("ccflags-y += -I$(src)/include\n")
+	return b.String()
+}
+
+// moduleWarnings says what in m lucos will not honour.
+func moduleWarnings(m *Module, base string) []string {
+	var w []string
+	if m.Name != base {
+		w = append(w, fmt.Sprintf("LUCOS_PATCH names the patch %q, its directory is %q", m.Name, base))
+	}
+	if len(m.Funcs) == 0 {
+		w = append(w, "the patch replaces no function (no LUCOS_REPLACE)")
+	}
+	for _, s := range m.Sections {
+		if why, ok := sectionWarnings[s.Name]; ok {
+			w = append(w, s.Name+": "+why)
+		}
+	}
+	return w
+}
+
+// sectionWarnings are the sections a patch module may have that lucos will
+// refuse or ignore (docs/PATCH-FORMAT.md, "Sections").
+var sectionWarnings = map[string]string{
+	"__ex_table":    "inline user/kernel memory access (unsafe_get_user, *_nofault, ...): lucos refuses the patch; use copy_to_user/copy_from_user/get_user/put_user",
+	"__bug_table":   "WARN/BUG in patch code: lucos refuses the patch (the kernel's trap handler would not find these entries)",
+	".data..percpu": "DEFINE_PER_CPU in a patch: lucos refuses the patch (the kernel's per-CPU areas have no room for it)",
+	".init.text":    "module_init is never run: lucos does not insmod the patch",
+	".exit.text":    "module_exit is never run: lucos does not insmod the patch",
+	"__param":       "module parameters are ignored",
+	"__ksymtab":     "EXPORT_SYMBOL is ignored: a patch exports nothing",
+	"__ksymtab_gpl": "EXPORT_SYMBOL_GPL is ignored: a patch exports nothing",
+	"__dyndbg":      "pr_debug in patch code can never be enabled (dynamic debug does not know the patch)",
+}
+
+// absOr returns the absolute form of p, or p.
+func absOr(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}
+
+// copyFile writes src's contents to dst through a temporary file in dst's
+// directory, so dst is never half written.
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), dst)
+}
+
+// lookTool finds name on PATH or fails with ErrToolMissing.
+func lookTool(name, why string) error {
+	if _, err := exec.LookPath(name); err != nil {
+		return fmt.Errorf("%w: %s (%s) is not on PATH; on Debian: apt-get install %s", ErrToolMissing, name, why, name)
+	}
+	return nil
+}

@@ -1,0 +1,254 @@
+package patch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/lucos/lucos/gdbstub"
+	"github.com/lucos/lucos/internal/layout"
+	"github.com/lucos/lucos/introspect"
+	"github.com/lucos/lucos/patch/loader"
+	"github.com/lucos/lucos/vmm"
+)
+
+// Page and its permissions are the loader's.
+type (
+	Page = loader.Page
+	Perm = loader.Perm
+)
+
+const (
+	PermRX = loader.RX
+	PermRO = loader.RO
+	PermRW = loader.RW
+)
+
+// Errors callers branch on.
+var (
+	ErrNotFound   = errors.New("no such patch")
+	ErrBadState   = errors.New("patch is not in a state that allows this")
+	ErrStackOrder = errors.New("a later patch touches the same functions")
+)
+
+// Engine applies and rolls back patches on one VM.
+type Engine struct {
+	m   *vmm.Machine
+	k   *introspect.Kernel
+	win *window
+	log *slog.Logger
+
+	ctx    context.Context // ends background termination checks on Close
+	cancel context.CancelFunc
+
+	mu      sync.Mutex // serialises transitions; guards the fields below
+	patches []*Patch   // in the order they were applied
+	slots   [layout.Slots]*Patch
+	nextID  int
+}
+
+// Options for Apply and Rollback.
+type Options struct {
+	// Wait blocks until the transition settles (committed, rolled back) or
+	// Timeout passes; the transition goes on in the background either way.
+	Wait    bool
+	Timeout time.Duration
+}
+
+// DefaultTimeout bounds Wait when Options.Timeout is zero.
+const DefaultTimeout = 30 * time.Second
+
+// New prepares an engine for the kernel k of machine m.
+func New(m *vmm.Machine, k *introspect.Kernel, log *slog.Logger) (*Engine, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	win, err := findWindow(k)
+	if err != nil {
+		return nil, fmt.Errorf("patch engine: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Engine{m: m, k: k, win: win, log: log, ctx: ctx, cancel: cancel}, nil
+}
+
+// Close stops background termination checks.
+func (e *Engine) Close() { e.cancel() }
+
+// Apply links the patch module ko for the running kernel, loads it into a
+// free slot, redirects its old functions in one pause of all vCPUs, and
+// tracks the update until it commits. Refusals happen before anything is
+// written to the guest; a failure after that undoes what was written.
+func (e *Engine) Apply(ctx context.Context, ko []byte, o Options) (*Patch, error) {
+	mod, err := loader.Parse(ko)
+	if err != nil {
+		return nil, fmt.Errorf("apply: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s, err := e.allocSlot()
+	if err != nil {
+		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
+	}
+	img, err := mod.Link(e.k, s.va+4096, layout.SlotSize-4096)
+	if err != nil {
+		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
+	}
+	funcs, err := e.checkFuncs(mod.Name, img)
+	if err != nil {
+		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
+	}
+	e.nextID++
+	p := &Patch{
+		id: strconv.Itoa(e.nextID), name: mod.Name, description: mod.Description, buildID: mod.BuildID,
+		release: mod.Release, funcs: funcs, slot: s, text: textRanges(img.Text), state: StateLoading,
+		history: []Event{{State: StateLoading, At: time.Now()}}, done: make(chan struct{}),
+	}
+	e.slots[s.index] = p
+	e.patches = append(e.patches, p)
+
+	// Load: the pages and their mapping. Nothing refers to them yet.
+	p.loadPause, err = e.m.WithPaused(ctx, func(g *gdbstub.Client) error {
+		if err := e.mapSlot(g, s, img.Pages); err != nil {
+			e.unmapSlot(g, s)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, e.fail(p, fmt.Errorf("apply %s: load into slot %d: %w", p.name, s.index, err))
+	}
+	// Switch: the jumps, all in one pause.
+	switchAt := time.Now()
+	p.pause, err = e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.install(g, funcs) })
+	if err != nil {
+		e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.unmapSlot(g, s) })
+		return nil, e.fail(p, fmt.Errorf("apply %s: %w", p.name, err))
+	}
+	p.mu.Lock()
+	p.setState(StateTransitioning, fmt.Sprintf("%d functions redirected in a %.0f µs pause", len(funcs), us(p.pause)))
+	p.mu.Unlock()
+	e.log.Info("patch applied", "id", p.id, "name", p.name, "pause", p.pause, "load_pause", p.loadPause)
+
+	go e.terminate(p, switchAt)
+	return p, e.wait(p, o)
+}
+
+// checkFuncs turns the linked functions into redirects, refusing a function
+// another live patch already redirects.
+// Precondition: e.mu is held.
+func (e *Engine) checkFuncs(name string, img *loader.Image) ([]Func, error) {
+	live := map[uint64]string{}
+	for _, q := range e.patches {
+		if st := q.State(); st == StateTransitioning || st == StateCommitted || st == StateReverting {
+			for _, f := range q.funcs {
+				live[f.OldAddr] = q.id
+			}
+		}
+	}
+	var funcs []Func
+	for _, f := range img.Funcs {
+		if id, ok := live[f.OldAddr]; ok {
+			return nil, fmt.Errorf("%w: %s is already redirected by patch %s", ErrTargetChanged, f.Old.Name, id)
+		}
+		funcs = append(funcs, Func{Name: f.Old.Name, Pos: f.Old.Pos, OldAddr: f.OldAddr, OldSize: f.Old.Size, New: f.New, Orig: append([]byte(nil), f.OldEntry[:]...)})
+	}
+	if len(funcs) == 0 {
+		return nil, fmt.Errorf("patch %s replaces no function", name)
+	}
+	return funcs, nil
+}
+
+// terminate runs in the background after a switch: once no thread is inside
+// an old function, the patch is committed.
+func (e *Engine) terminate(p *Patch, switchAt time.Time) {
+	err := e.waitClear(e.ctx, p, oldRanges(p.funcs))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state != StateTransitioning {
+		return // rolled back meanwhile
+	}
+	if err != nil {
+		e.log.Warn("termination check stopped", "id", p.id, "err", err)
+		return
+	}
+	p.commitAfter = time.Since(switchAt)
+	p.holders = nil
+	p.setState(StateCommitted, fmt.Sprintf("no thread inside an old function after %d stack checks", p.checks))
+	close(p.done)
+	p.done = make(chan struct{})
+}
+
+// fail marks p failed and frees its slot.
+// Precondition: e.mu is held.
+func (e *Engine) fail(p *Patch, err error) error {
+	p.mu.Lock()
+	p.setState(StateFailed, err.Error())
+	p.mu.Unlock()
+	e.slots[p.slot.index] = nil
+	return err
+}
+
+// wait blocks per o until p settles; a timeout is not an error: the patch
+// stays in its transitional state, visible in List.
+func (e *Engine) wait(p *Patch, o Options) error {
+	if !o.Wait {
+		return nil
+	}
+	timeout := o.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	deadline := time.After(timeout)
+	for {
+		p.mu.Lock()
+		if p.settled() {
+			p.mu.Unlock()
+			return nil
+		}
+		done := p.done
+		p.mu.Unlock()
+		select {
+		case <-done:
+		case <-deadline:
+			return nil
+		}
+	}
+}
+
+// List returns every patch, oldest first.
+func (e *Engine) List() []Info {
+	e.mu.Lock()
+	ps := append([]*Patch(nil), e.patches...)
+	e.mu.Unlock()
+	out := make([]Info, len(ps))
+	for i, p := range ps {
+		out[i] = p.Info()
+	}
+	return out
+}
+
+// Get finds a patch by id.
+func (e *Engine) Get(id string) (*Patch, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, p := range e.patches {
+		if p.id == id {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %q", ErrNotFound, id)
+}
+
+// textRanges are the runtime ranges of a patch's code: while a thread is
+// inside one, the patch's slot must stay mapped.
+func textRanges(text []loader.Range) []introspect.Range {
+	r := make([]introspect.Range, len(text))
+	for i, t := range text {
+		r[i] = introspect.Range{Start: t.Start, End: t.End}
+	}
+	return r
+}

@@ -1,0 +1,227 @@
+package patch_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lucos/lucos/gdbstub"
+	"github.com/lucos/lucos/internal/layout"
+	"github.com/lucos/lucos/internal/testvm"
+	"github.com/lucos/lucos/introspect"
+	"github.com/lucos/lucos/kimage"
+	"github.com/lucos/lucos/patch"
+	"github.com/lucos/lucos/patch/build"
+	"github.com/lucos/lucos/vmm"
+)
+
+// repoDir is the repository root, found from this file.
+func repoDir(t testing.TB) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+var (
+	builtMu sync.Mutex
+	built   = map[string][]byte{}
+)
+
+// buildPatch builds a patch directory (relative to the repo) once per test run.
+func buildPatch(t testing.TB, dir string) []byte {
+	t.Helper()
+	builtMu.Lock()
+	defer builtMu.Unlock()
+	if ko, ok := built[dir]; ok {
+		return ko
+	}
+	out := filepath.Join(t.TempDir(), filepath.Base(dir)+".ko")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	res, err := build.Build(ctx, filepath.Join(repoDir(t), dir), build.Options{Output: out})
+	if err != nil {
+		t.Fatalf("build %s: %v", dir, err)
+	}
+	ko, err := os.ReadFile(res.KO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	built[dir] = ko
+	return ko
+}
+
+// rig is a booted guest with an attached kernel and a patch engine.
+type rig struct {
+	m *vmm.Machine
+	k *introspect.Kernel
+	e *patch.Engine
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	img := testvm.Image(t)
+	ki, err := kimage.Load(context.Background(), img.Kernel, img.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := testvm.Boot(t)
+	k, err := introspect.Attach(context.Background(), m, ki)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := patch.New(m, k, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return &rig{m: m, k: k, e: e}
+}
+
+func (r *rig) sh(t *testing.T, script string) string {
+	t.Helper()
+	res, err := r.m.ExecScript(context.Background(), script)
+	if err != nil {
+		t.Fatalf("guest: %s: %v\nconsole:\n%s", script, err, r.m.ConsoleTail(30))
+	}
+	return string(res.Stdout)
+}
+
+func (r *rig) apply(t *testing.T, ko []byte) *patch.Patch {
+	t.Helper()
+	p, err := r.e.Apply(context.Background(), ko, patch.Options{Wait: true, Timeout: time.Minute})
+	if err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	return p
+}
+
+func (r *rig) rollback(t *testing.T, p *patch.Patch) {
+	t.Helper()
+	if _, err := r.e.Rollback(context.Background(), p.ID(), patch.Options{Wait: true, Timeout: time.Minute}); err != nil {
+		t.Fatalf("rollback: %v", err)
+	}
+	if st := p.State(); st != patch.StateRolledBack {
+		t.Fatalf("after rollback the patch is %s", st)
+	}
+}
+
+// fingerprint hashes everything lucos may write: kernel text, the
+// kernel-image window's page directory and the whole patch region.
+func (r *rig) fingerprint(t *testing.T) [32]byte {
+	t.Helper()
+	h := sha256.New()
+	var start, end uint64
+	var err error
+	if _, start, err = r.k.Symbol("_text", 0); err == nil {
+		_, end, err = r.k.Symbol("_etext", 0)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fp [32]byte
+	_, err = r.m.WithPaused(context.Background(), func(_ *gdbstub.Client) error {
+		buf := make([]byte, end-start)
+		if err := r.k.ReadVirt(start, buf); err != nil {
+			return err
+		}
+		h.Write(buf)
+		steps, err := r.k.Walker.Walk(start, nil)
+		if err != nil {
+			return err
+		}
+		table := make([]byte, 4096)
+		if err := r.m.ReadPhys(steps[2].Addr&^0xfff, table); err != nil {
+			return err
+		}
+		h.Write(table)
+		region := make([]byte, layout.PatchRegionSize)
+		if err := r.m.ReadPhys(layout.PatchRegionBase, region); err != nil {
+			return err
+		}
+		h.Write(region)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(fp[:], h.Sum(nil))
+	return fp
+}
+
+// noKernelComplaints fails the test if the guest logged an Oops, BUG or WARNING.
+func noKernelComplaints(t *testing.T, m *vmm.Machine) {
+	t.Helper()
+	log, err := os.ReadFile(m.ConsoleLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"Oops", "BUG:", "WARNING:", "general protection", "Kernel panic"} {
+		if i := bytes.Index(log, []byte(bad)); i >= 0 {
+			t.Fatalf("guest kernel logged %q:\n%s", bad, log[max(0, i-200):min(len(log), i+2000)])
+		}
+	}
+}
+
+// TestTerminationWaitsForBlockedTask: a task asleep inside do_nanosleep
+// keeps the update transitioning, and the API says who; once it exits the
+// update commits. Rolling back waits for tasks asleep in patch code.
+func TestTerminationWaitsForBlockedTask(t *testing.T) {
+	r := newRig(t)
+	ko := buildPatch(t, "patch/testdata/hold-nanosleep")
+	pid := strings.TrimSpace(r.sh(t, "sleep 1000 >/dev/null 2>&1 & echo $!"))
+	time.Sleep(500 * time.Millisecond)
+
+	p, err := r.e.Apply(context.Background(), ko, patch.Options{Wait: true, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := p.Info()
+	if in.State != patch.StateTransitioning {
+		t.Fatalf("with sleep %s inside do_nanosleep the patch is %s", pid, in.State)
+	}
+	held := false
+	for _, h := range in.HeldBy {
+		held = held || fmt.Sprint(h.PID) == pid
+	}
+	if !held {
+		t.Errorf("held_by %+v does not name the sleeping pid %s", in.HeldBy, pid)
+	}
+	if out := r.sh(t, "sleep 0.1; echo slept"); out != "slept\n" {
+		t.Errorf("sleep through the patch: %q", out)
+	}
+	r.sh(t, "kill "+pid)
+	deadline := time.Now().Add(time.Minute)
+	for p.State() != patch.StateCommitted && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := p.State(); st != patch.StateCommitted {
+		t.Fatalf("after the sleeper exited the patch is %s (held by %+v)", st, p.Info().HeldBy)
+	}
+	t.Logf("committed after %.1f ms and %d stack checks", p.Info().CommitMS, p.Info().Checks)
+
+	// A task asleep now sleeps inside patch code: rollback waits for it.
+	pid = strings.TrimSpace(r.sh(t, "sleep 1000 >/dev/null 2>&1 & echo $!"))
+	time.Sleep(500 * time.Millisecond)
+	if _, err := r.e.Rollback(context.Background(), p.ID(), patch.Options{Wait: true, Timeout: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.State(); st != patch.StateReverting {
+		t.Fatalf("with a task asleep in patch code the rollback is %s", st)
+	}
+	r.sh(t, "kill "+pid)
+	deadline = time.Now().Add(time.Minute)
+	for p.State() != patch.StateRolledBack && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := p.State(); st != patch.StateRolledBack {
+		t.Fatalf("rollback did not finish: %s", st)
+	}
+	noKernelComplaints(t, r.m)
+}

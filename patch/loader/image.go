@@ -1,0 +1,154 @@
+package loader
+
+import (
+	"fmt"
+
+	"github.com/lucos/lucos/kimage"
+)
+
+// PageSize is the granule of the slot's permissions.
+const PageSize = 4096
+
+// Perm is the guest permission of a page of patch memory.
+type Perm uint8
+
+const (
+	RX Perm = iota + 1 // code: read + execute
+	RO                 // read-only data, no execute
+	RW                 // data, no execute
+)
+
+func (p Perm) String() string {
+	switch p {
+	case RX:
+		return "RX"
+	case RO:
+		return "RO"
+	case RW:
+		return "RW"
+	}
+	return fmt.Sprintf("Perm(%d)", uint8(p))
+}
+
+// Page is one 4 KiB page of the linked patch: what to write at Addr and
+// with which permission to map it.
+type Page struct {
+	Addr uint64
+	Data []byte // PageSize bytes
+	Perm Perm
+}
+
+// Range is [Start, End) of guest-virtual addresses.
+type Range struct{ Start, End uint64 }
+
+// Contains reports whether addr is in r.
+func (r Range) Contains(addr uint64) bool { return addr >= r.Start && addr < r.End }
+
+// Func is one redirect the engine will install: OldAddr's first 5 bytes
+// (OldEntry, the ftrace NOP at link time) become `jmp New`.
+type Func struct {
+	Old      kimage.Symbol // the kernel function, at its link-time address
+	OldAddr  uint64        // runtime address (KASLR applied)
+	OldEntry [5]byte       // its first bytes as read while linking; rollback restores these
+	New      uint64        // runtime address of the replacement in the patch
+	NewName  string        // the replacement's symbol in the patch
+}
+
+// JumpSite is one static branch in patch code, set from its key's state at
+// link time. The kernel does not know the site: if the key changes later,
+// the site does not follow (the engine may re-check kernel keys under pause).
+type JumpSite struct {
+	Addr      uint64 // the 2- or 5-byte site
+	Len       int
+	Target    uint64 // where the jump goes when taken
+	Key       uint64 // runtime address of the struct static_key
+	KernelKey bool   // the key is the kernel's (else the patch's own)
+	Branch    bool   // the entry's branch bit (likely/unlikely inverted default)
+	Enabled   bool   // static_key_enabled(key) when linked
+	Jump      bool   // the site was set to jump (enabled XOR branch)
+}
+
+// Warning is a WARN site in patch code that lucos turned into a NOP: with
+// no bug table registered for patch code the kernel would Oops on it.
+type Warning struct {
+	Addr uint64
+	File string
+	Line int
+}
+
+// Section is where one section of the patch went.
+type Section struct {
+	Name string
+	Addr uint64
+	Size uint64
+	Perm Perm
+}
+
+// Symbol is a symbol the patch defines, at its runtime address.
+type Symbol struct {
+	Name string
+	Addr uint64
+	Size uint64
+	Func bool
+}
+
+// Image is a patch linked for one running kernel at one address: the bytes
+// to write, with permissions, and what the engine needs to redirect, scan
+// and roll back. Nothing of it has been written to the guest.
+type Image struct {
+	Name    string // the patch's name (LUCOS_PATCH)
+	BuildID string
+	Release string
+
+	Base uint64 // the slot's guest-virtual start (page aligned)
+	Size uint64 // bytes used from Base: len(Pages) * PageSize
+
+	Pages    []Page
+	Sections []Section // loaded sections, in address order
+	Text     []Range   // executable ranges: where patch code runs (rollback's stack scans)
+	Funcs    []Func    // redirects, in .lucos.funcs order
+	Symbols  []Symbol  // the patch's own function and object symbols
+
+	JumpSites []JumpSite
+	Warnings  []Warning
+	// AltApplied counts .altinstructions entries whose replacement was
+	// patched in; AltKept those left as compiled.
+	AltApplied, AltKept int
+}
+
+// Read copies n bytes at guest-virtual addr out of the image's pages.
+func (im *Image) Read(addr uint64, n int) ([]byte, bool) {
+	if n < 0 || addr < im.Base || addr-im.Base > im.Size || uint64(n) > im.Size-(addr-im.Base) {
+		return nil, false
+	}
+	out := make([]byte, 0, n)
+	for n > 0 {
+		off := addr - im.Base
+		p := im.Pages[off/PageSize]
+		in := off % PageSize
+		k := min(uint64(n), PageSize-in)
+		out = append(out, p.Data[in:in+k]...)
+		addr += k
+		n -= int(k)
+	}
+	return out, true
+}
+
+// Symbol returns the patch's symbol of that name (the first, if a static
+// name is defined twice).
+func (im *Image) Symbol(name string) (Symbol, bool) {
+	for _, s := range im.Symbols {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return Symbol{}, false
+}
+
+// PermAt is the permission of the page holding addr, or 0 outside the image.
+func (im *Image) PermAt(addr uint64) Perm {
+	if addr < im.Base || addr-im.Base >= im.Size {
+		return 0
+	}
+	return im.Pages[(addr-im.Base)/PageSize].Perm
+}

@@ -1,0 +1,94 @@
+package patch
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/lucos/lucos/gdbstub"
+)
+
+// Rollback undoes patch id: in one pause the old functions' entries get
+// their original bytes back; once no thread runs patch code any more, the
+// slot is unmapped and freed. Patches form a stack: the newest can always
+// be rolled back, an older one only if no later live patch redirects one of
+// its functions.
+func (e *Engine) Rollback(ctx context.Context, id string, o Options) (*Patch, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var p *Patch
+	for i, q := range e.patches {
+		if q.id != id {
+			continue
+		}
+		p = q
+		for _, later := range e.patches[i+1:] {
+			if st := later.State(); st == StateRolledBack || st == StateFailed {
+				continue
+			}
+			if f, ok := overlap(p.funcs, later.funcs); ok {
+				return nil, fmt.Errorf("rollback %s: %w: patch %s also changes %s; roll it back first", id, ErrStackOrder, later.id, f)
+			}
+		}
+	}
+	if p == nil {
+		return nil, fmt.Errorf("rollback: %w: %q", ErrNotFound, id)
+	}
+	p.mu.Lock()
+	st := p.state
+	p.mu.Unlock()
+	if st != StateTransitioning && st != StateCommitted {
+		return nil, fmt.Errorf("rollback %s: %w (it is %s)", id, ErrBadState, st)
+	}
+	switchAt := time.Now()
+	pause, err := e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.restore(g, p.funcs) })
+	if err != nil {
+		return nil, fmt.Errorf("rollback %s: %w", id, err)
+	}
+	p.mu.Lock()
+	p.pause = pause
+	p.setState(StateReverting, fmt.Sprintf("%d functions restored in a %.0f µs pause", len(p.funcs), us(pause)))
+	if st == StateTransitioning {
+		close(p.done) // the apply transition is over: it was reverted
+		p.done = make(chan struct{})
+	}
+	p.mu.Unlock()
+	e.log.Info("patch reverted", "id", p.id, "pause", pause)
+	go e.release(p, switchAt)
+	return p, e.wait(p, o)
+}
+
+// release waits until no thread runs patch code, then unmaps the slot.
+func (e *Engine) release(p *Patch, switchAt time.Time) {
+	if err := e.waitClear(e.ctx, p, p.text); err != nil {
+		e.log.Warn("rollback: stack check stopped; slot stays mapped", "id", p.id, "err", err)
+		return
+	}
+	_, err := e.m.WithPaused(e.ctx, func(g *gdbstub.Client) error { return e.unmapSlot(g, p.slot) })
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err != nil {
+		p.setState(StateFailed, "unmap slot: "+err.Error())
+	} else {
+		p.commitAfter = time.Since(switchAt)
+		p.holders = nil
+		p.setState(StateRolledBack, "no thread in patch code; slot freed")
+		e.slots[p.slot.index] = nil
+	}
+	close(p.done)
+	p.done = make(chan struct{})
+}
+
+// overlap finds a function both lists redirect.
+func overlap(a, b []Func) (string, bool) {
+	for _, x := range a {
+		for _, y := range b {
+			if x.OldAddr == y.OldAddr {
+				return x.Name, true
+			}
+		}
+	}
+	return "", false
+}

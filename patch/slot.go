@@ -1,0 +1,188 @@
+package patch
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/lucos/lucos/gdbstub"
+	"github.com/lucos/lucos/internal/layout"
+	"github.com/lucos/lucos/introspect"
+)
+
+// ErrNoSlot means every slot of the patch region holds a patch.
+var ErrNoSlot = errors.New("every slot of the patch region is in use: roll a patch back first")
+
+// Page-table entry values lucos writes (Intel SDM 4.5; arch/x86 pgtable_types.h).
+const (
+	pteAccessed = 1 << 5
+	pteDirty    = 1 << 6
+	// pmdTable points a PMD entry at a page table: present, writable,
+	// accessed, dirty (the kernel's _KERNPG_TABLE).
+	pmdTable = introspect.PTEPresent | introspect.PTEWrite | pteAccessed | pteDirty
+)
+
+// slot is a 2 MiB piece of the reserved region mapped at a free 2 MiB
+// virtual slot of the kernel-image window, within ±2 GiB of kernel text, so
+// rel32 jumps and calls reach both ways.
+type slot struct {
+	index int
+	pa    uint64 // guest-physical base; its first page is the slot's page table
+	va    uint64 // virtual base; the first page (the table) is left unmapped
+	pmd   uint64 // guest-physical address of the PMD entry that maps the slot
+}
+
+// window describes the kernel-image window's page directory, found once.
+type window struct {
+	pmdTable uint64 // guest-physical address of the PMD table covering kernel text
+	tableVA  uint64 // virtual address its entry 0 maps
+	firstIdx int    // first entry after the kernel image (_end)
+	global   uint64 // the kernel text mapping's global bit (PTI clears it)
+}
+
+// findWindow locates the PMD table that maps the kernel image and the first
+// 2 MiB entry past _end.
+func findWindow(k *introspect.Kernel) (*window, error) {
+	_, text, err := k.Symbol("_text", 0)
+	if err != nil {
+		return nil, err
+	}
+	_, end, err := k.Symbol("_end", 0)
+	if err != nil {
+		return nil, err
+	}
+	steps, err := k.Walker.Walk(text, nil)
+	if err != nil {
+		return nil, fmt.Errorf("walk to kernel text: %w", err)
+	}
+	if len(steps) < 3 || steps[2].Entry&introspect.PTEPresent == 0 {
+		return nil, fmt.Errorf("kernel text %#x has no PMD-level mapping", text)
+	}
+	w := &window{
+		pmdTable: steps[2].Addr &^ 0xfff,
+		tableVA:  text &^ (1<<30 - 1),
+		global:   steps[len(steps)-1].Entry & introspect.PTEGlobal,
+	}
+	w.firstIdx = int((end+layout.SlotSize-1-w.tableVA)/layout.SlotSize) + 1
+	if w.firstIdx >= 512 {
+		return nil, fmt.Errorf("no room after the kernel image (_end %#x) in its 1 GiB window", end)
+	}
+	return w, nil
+}
+
+// allocSlot picks a free physical slot and a free PMD entry of the window.
+// Precondition: e.mu is held (the VM need not be paused: the kernel does not
+// map anything there after boot; mapSlot checks again under pause).
+func (e *Engine) allocSlot() (*slot, error) {
+	idx := -1
+	for i, p := range e.slots {
+		if p == nil {
+			idx = i
+			break
+		}
+	}
+	if idx < 0 {
+		return nil, ErrNoSlot
+	}
+	used := map[uint64]bool{}
+	for _, p := range e.slots {
+		if p != nil && p.slot != nil {
+			used[p.slot.pmd] = true
+		}
+	}
+	var entry [8]byte
+	for i := e.win.firstIdx; i < 512; i++ {
+		addr := e.win.pmdTable + 8*uint64(i)
+		if used[addr] {
+			continue
+		}
+		if err := e.m.ReadPhys(addr, entry[:]); err != nil {
+			return nil, err
+		}
+		if binary.LittleEndian.Uint64(entry[:]) == 0 {
+			return &slot{index: idx, pa: layout.SlotBase(idx), va: e.win.tableVA + uint64(i)*layout.SlotSize, pmd: addr}, nil
+		}
+	}
+	return nil, fmt.Errorf("no free 2 MiB entry in the kernel-image window after _end")
+}
+
+// mapSlot writes the slot's page table (the patch's pages with their
+// permissions), the pages, and last the PMD entry that makes them visible.
+// Precondition: the VM is paused (g is usable).
+func (e *Engine) mapSlot(g *gdbstub.Client, s *slot, pages []Page) error {
+	var cur [8]byte
+	if err := e.m.ReadPhys(s.pmd, cur[:]); err != nil {
+		return err
+	}
+	if binary.LittleEndian.Uint64(cur[:]) != 0 {
+		return fmt.Errorf("PMD entry at %#x for %#x is in use by the guest", s.pmd, s.va)
+	}
+	table := make([]byte, 4096)
+	for _, p := range pages {
+		off := p.Addr - s.va
+		if p.Addr < s.va+4096 || off >= layout.SlotSize || off%4096 != 0 || len(p.Data) != 4096 {
+			return fmt.Errorf("patch page at %#x does not fit slot %#x", p.Addr, s.va)
+		}
+		pte := (s.pa + off) | introspect.PTEPresent | pteAccessed | e.win.global
+		switch p.Perm {
+		case PermRX:
+		case PermRO:
+			pte |= introspect.PTENX
+		case PermRW:
+			pte |= introspect.PTEWrite | pteDirty | introspect.PTENX
+		default:
+			return fmt.Errorf("patch page at %#x has no permission", p.Addr)
+		}
+		binary.LittleEndian.PutUint64(table[8*(off/4096):], pte)
+	}
+	if err := physWrite(g, s.pa, table); err != nil {
+		return err
+	}
+	for _, p := range pages {
+		if err := physWrite(g, s.pa+(p.Addr-s.va), p.Data); err != nil {
+			return err
+		}
+	}
+	var pmd [8]byte
+	binary.LittleEndian.PutUint64(pmd[:], s.pa|pmdTable)
+	return physWrite(g, s.pmd, pmd[:])
+}
+
+// unmapSlot clears the PMD entry, flushes every vCPU's TLB, and clears the
+// slot's page table so the next patch there starts from nothing.
+// Precondition: the VM is paused and nothing runs in or returns to the slot.
+func (e *Engine) unmapSlot(g *gdbstub.Client, s *slot) error {
+	if err := physWrite(g, s.pmd, make([]byte, 8)); err != nil {
+		return err
+	}
+	if err := flushTLBs(g); err != nil {
+		return err
+	}
+	return physWrite(g, s.pa, make([]byte, 4096))
+}
+
+// flushTLBs makes every vCPU drop its cached translations: QEMU flushes a
+// vCPU's TLB when its CR3 is written, so each CR3 is written back unchanged.
+func flushTLBs(g *gdbstub.Client) error {
+	for _, tid := range g.Threads() {
+		cr3, err := g.ReadRegister(tid, "cr3")
+		if err != nil {
+			return fmt.Errorf("flush TLB of vCPU %d: %w", tid, err)
+		}
+		if err := g.WriteRegister(tid, "cr3", cr3); err != nil {
+			return fmt.Errorf("flush TLB of vCPU %d: %w", tid, err)
+		}
+	}
+	return nil
+}
+
+// physWrite writes guest-physical memory through QEMU, so TCG notices.
+func physWrite(g *gdbstub.Client, pa uint64, data []byte) error {
+	if err := g.SetPhysical(true); err != nil {
+		return err
+	}
+	if err := g.WriteMemory(pa, data); err != nil {
+		return fmt.Errorf("write %d bytes at guest-physical %#x: %w", len(data), pa, err)
+	}
+	return nil
+}

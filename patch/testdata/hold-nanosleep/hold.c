@@ -1,0 +1,15 @@
+// A test patch that changes nothing: do_nanosleep forwards to its original
+// body. A task asleep in the old do_nanosleep holds the update in its
+// transition; a task asleep after the switch sleeps in patch code.
+#include <linux/hrtimer.h>
+#include <lucos/patch.h>
+
+LUCOS_PATCH("hold-nanosleep", "forward do_nanosleep to its original body");
+
+extern int LUCOS_ORIG(do_nanosleep)(struct hrtimer_sleeper *t, enum hrtimer_mode mode);
+
+static int new_do_nanosleep(struct hrtimer_sleeper *t, enum hrtimer_mode mode)
+{
+	return LUCOS_ORIG(do_nanosleep)(t, mode);
+}
+LUCOS_REPLACE(do_nanosleep, new_do_nanosleep);
