@@ -77,6 +77,9 @@ func Decompress(ctx context.Context, payload []byte) ([]byte, Compression, error
 	if err != nil {
 		return nil, "", err
 	}
+	if c == LZO || c == LZMA {
+		return nil, c, fmt.Errorf("%w: %s (lucos decodes gzip, bzip2, xz, lz4 and zstd)", ErrUnsupportedCompression, c)
+	}
 	what := string(c) + " payload"
 	if len(payload) < 8 {
 		return nil, c, formatErr(what, 0, "%d bytes is too short for a payload and its size trailer", len(payload))

@@ -83,6 +83,14 @@ func (e *Engine) Close() { e.cancel() }
 // tracks the update until it commits. Refusals happen before anything is
 // written to the guest; a failure after that undoes what was written.
 func (e *Engine) Apply(ctx context.Context, ko []byte, o Options) (*Patch, error) {
+	p, err := e.apply(ctx, ko)
+	if err != nil {
+		return nil, err
+	}
+	return p, e.wait(p, o)
+}
+
+func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
 	mod, err := loader.Parse(ko)
 	if err != nil {
 		return nil, fmt.Errorf("apply: %w", err)
@@ -134,7 +142,7 @@ func (e *Engine) Apply(ctx context.Context, ko []byte, o Options) (*Patch, error
 	e.log.Info("patch applied", "id", p.id, "name", p.name, "pause", p.pause, "load_pause", p.loadPause)
 
 	go e.terminate(p, switchAt)
-	return p, e.wait(p, o)
+	return p, nil
 }
 
 // checkFuncs turns the linked functions into redirects, refusing a function

@@ -14,6 +14,14 @@ import (
 // be rolled back, an older one only if no later live patch redirects one of
 // its functions.
 func (e *Engine) Rollback(ctx context.Context, id string, o Options) (*Patch, error) {
+	p, err := e.rollback(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return p, e.wait(p, o)
+}
+
+func (e *Engine) rollback(ctx context.Context, id string) (*Patch, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var p *Patch
@@ -55,7 +63,7 @@ func (e *Engine) Rollback(ctx context.Context, id string, o Options) (*Patch, er
 	p.mu.Unlock()
 	e.log.Info("patch reverted", "id", p.id, "pause", pause)
 	go e.release(p, switchAt)
-	return p, e.wait(p, o)
+	return p, nil
 }
 
 // release waits until no thread runs patch code, then unmaps the slot.

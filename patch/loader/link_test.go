@@ -277,8 +277,9 @@ func TestLinkJumpLabels(t *testing.T) {
 
 func TestLinkAlternatives(t *testing.T) {
 	m, k, base := offline(t, "alt")
-	for _, avx2 := range []bool{false, true} {
-		k.setFeatures(t, map[int]bool{featureAlways: true, featureCX16: true, featureAVX2: avx2})
+	for _, tc := range []struct{ avx2, cx16 bool }{{false, true}, {true, true}, {true, false}, {false, false}} {
+		avx2 := tc.avx2
+		k.setFeatures(t, map[int]bool{featureAlways: true, featureCX16: tc.cx16, featureAVX2: avx2})
 		im := mustLink(t, m, k, base)
 		read := func(sym string, n int) []byte {
 			s, ok := im.Symbol(sym)
@@ -313,24 +314,35 @@ func TestLinkAlternatives(t *testing.T) {
 		if jmpSite[0] != 0xeb || !bytes.Equal(jmpSite[2:], x86NOPs[3]) {
 			t.Errorf("jmp replacement: % x, want a short jmp and a 3-byte NOP", jmpSite)
 		}
-		if d := uint64(int8(jmpSite[1])); d != 7-2+2 {
-			// lucos_alt_jmp: 5-byte site, then a 2-byte ud2, then the label.
+		if d := int8(jmpSite[1]); d != 5 {
+			// lucos_alt_jmp: a 5-byte site, then a 2-byte ud2, then the label.
 			t.Errorf("jmp replacement jumps %d bytes ahead, want over the ud2", int8(jmpSite[1]))
 		}
 		if im.AltApplied+im.AltKept != 8 {
 			t.Errorf("%d applied + %d kept alternatives, want 8 entries", im.AltApplied, im.AltKept)
 		}
-		// static_cpu_has(): behaviour, by decoding where control goes.
+		// static_cpu_has(): an absent feature leaves a jmp over its
+		// seq_puts, a present one a NOP; nothing jumps to .altinstr_aux.
 		code := disasm(t, im, "new_cmdline_proc_show")
-		seqPuts := k.addr(t, "seq_puts")
-		if n := count(targets(t, im, "new_cmdline_proc_show", x86asm.CALL), seqPuts); n != 3 {
-			t.Errorf("%d calls to seq_puts", n)
-		}
-		for _, in := range code {
-			if d, ok := in.dest(); ok && (in.Op == x86asm.JMP || in.Op >= x86asm.JA && in.Op <= x86asm.JS) && !im.Text[0].Contains(d) && d != k.addr(t, "__x86_return_thunk") {
-				t.Errorf("avx2=%v: %s leaves the patch's code", avx2, in)
+		want := 1 // lucos_alt_jmp
+		for _, has := range []bool{tc.avx2, tc.cx16} {
+			if !has {
+				want++
 			}
 		}
-		t.Logf("avx2=%v: %d applied, %d kept\n%s", avx2, im.AltApplied, im.AltKept, listing(code))
+		jumps := 0
+		for _, in := range code {
+			d, ok := in.dest()
+			if !ok || in.Op != x86asm.JMP || d == k.addr(t, "__x86_return_thunk") {
+				continue
+			}
+			jumps++
+			if s, _ := im.Symbol("new_cmdline_proc_show"); d < s.Addr || d >= s.Addr+s.Size {
+				t.Errorf("%+v: %s leaves the function", tc, in)
+			}
+		}
+		if jumps != want {
+			t.Errorf("%+v: %d jumps, want %d:\n%s", tc, jumps, want, listing(code))
+		}
 	}
 }
