@@ -1,10 +1,11 @@
 package build
 
 import (
+	"bytes"
 	"context"
-	_ "embed"
 	"errors"
 	"fmt"
+	"github.com/lucos/lucos/sdk"
 	"io"
 	"os"
 	"os/exec"
@@ -12,15 +13,12 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/lucos/lucos/patch/loader"
 )
 
-// The SDK header, embedded so that the lucos binary builds patches from
-// anywhere. It is a copy of sdk/include/lucos/patch.h (the test
-// TestEmbeddedHeaderIsSDK keeps the two identical).
-//
-//go:generate cp ../../sdk/include/lucos/patch.h sdk/lucos/patch.h
-//go:embed sdk/lucos/patch.h
-var patchHeader []byte
+// patchHeader is the SDK header, embedded in the lucos binary.
+var patchHeader = sdk.PatchHeader
 
 // Errors callers branch on. Build's errors wrap them, or are a
 // *CompileError.
@@ -83,8 +81,11 @@ func Build(ctx context.Context, dir string, o Options) (*Result, error) {
 		return nil, fmt.Errorf("patch build %s: %w", dir, err)
 	}
 	defer kb.cleanup()
-	built := filepath.Join(kb.tmp, mod+".ko")
-	m, err := InspectFile(built)
+	ko, err := os.ReadFile(filepath.Join(kb.tmp, mod+".ko"))
+	if err != nil {
+		return nil, fmt.Errorf("patch build %s: %w", dir, err)
+	}
+	m, err := Inspect(bytes.NewReader(ko))
 	if err != nil {
 		return nil, fmt.Errorf("patch build %s: %w", dir, err)
 	}
@@ -94,14 +95,17 @@ func Build(ctx context.Context, dir string, o Options) (*Result, error) {
 	if !patchName.MatchString(m.Name) {
 		return nil, fmt.Errorf("patch build %s: LUCOS_PATCH name %q: use 1-64 letters, digits, '.', '_' or '-'", dir, m.Name)
 	}
-
+	warnings, err := moduleWarnings(m, ko, base)
+	if err != nil {
+		return nil, fmt.Errorf("patch build %s: the module is not loadable: %w", dir, err)
+	}
 	res := &Result{Name: m.Name, Release: m.Release, BuildID: m.BuildID, Module: mod, Unexported: kb.unexported}
-	res.Warnings = append(kb.warnings, moduleWarnings(m, base)...)
+	res.Warnings = append(kb.warnings, warnings...)
 	res.KO = o.Output
 	if res.KO == "" {
 		res.KO = filepath.Join(dir, base+".ko")
 	}
-	if err := copyFile(built, res.KO); err != nil {
+	if err := writeFile(res.KO, ko); err != nil {
 		return nil, fmt.Errorf("patch build %s: %w", dir, err)
 	}
 	kb.progress.Printf("patch build: %s (%s, build id %.12s) in %v", res.KO, m.Name, m.BuildID, time.Since(start).Round(time.Millisecond))
@@ -144,7 +148,11 @@ func BuildModule(ctx context.Context, dir string, o Options) (string, error) {
 	if out == "" {
 		out = filepath.Join(dir, filepath.Base(kos[0]))
 	}
-	if err := copyFile(kos[0], out); err != nil {
+	ko, err := os.ReadFile(kos[0])
+	if err != nil {
+		return "", fmt.Errorf("module build %s: %w", dir, err)
+	}
+	if err := writeFile(out, ko); err != nil {
 		return "", fmt.Errorf("module build %s: %w", dir, err)
 	}
 	return out, nil
@@ -162,7 +170,10 @@ func patchSources(dir string) ([]string, error) {
 	for _, e := range entries {
 		name := e.Name()
 		ext := filepath.Ext(name)
-		if !e.Type().IsRegular() || (ext != ".c" && ext != ".h") {
+		// Hidden files and kbuild's generated *.mod.c (from an in-place
+		// make) are not the patch's sources.
+		if !e.Type().IsRegular() || (ext != ".c" && ext != ".h") ||
+			strings.HasPrefix(name, ".") || strings.HasSuffix(name, ".mod.c") {
 			continue
 		}
 		srcs = append(srcs, name)
@@ -234,8 +245,11 @@ func patchKbuild(mod string, srcs []string) string {
 	return b.String()
 }
 
-// moduleWarnings says what in m lucos will not honour.
-func moduleWarnings(m *Module, base string) []string {
+// moduleWarnings says what lucos will refuse in the module ko, or
+// silently do differently from a kernel that insmods it. The loader's
+// section policy (loader.Parse) is the authority; this picks the parts a
+// patch author put in on purpose.
+func moduleWarnings(m *Module, ko []byte, base string) ([]string, error) {
 	var w []string
 	if m.Name != base {
 		w = append(w, fmt.Sprintf("LUCOS_PATCH names the patch %q, its directory is %q", m.Name, base))
@@ -243,26 +257,32 @@ func moduleWarnings(m *Module, base string) []string {
 	if len(m.Funcs) == 0 {
 		w = append(w, "the patch replaces no function (no LUCOS_REPLACE)")
 	}
-	for _, s := range m.Sections {
-		if why, ok := sectionWarnings[s.Name]; ok {
-			w = append(w, s.Name+": "+why)
+	lm, err := loader.Parse(ko)
+	switch {
+	case errors.Is(err, loader.ErrRefused):
+		return append(w, "lucos patch apply will refuse this patch: "+err.Error()), nil
+	case err != nil:
+		return nil, err
+	}
+	for _, s := range lm.Sections {
+		if s.Size > 0 && noteworthySection(s.Name) {
+			w = append(w, fmt.Sprintf("%s (%s): %s", s.Name, s.Treatment, s.Reason))
 		}
 	}
-	return w
+	return w, nil
 }
 
-// sectionWarnings are the sections a patch module may have that lucos will
-// refuse or ignore (docs/PATCH-FORMAT.md, "Sections").
-var sectionWarnings = map[string]string{
-	"__ex_table":    "inline user/kernel memory access (unsafe_get_user, *_nofault, ...): lucos refuses the patch; use copy_to_user/copy_from_user/get_user/put_user",
-	"__bug_table":   "WARN/BUG in patch code: lucos refuses the patch (the kernel's trap handler would not find these entries)",
-	".data..percpu": "DEFINE_PER_CPU in a patch: lucos refuses the patch (the kernel's per-CPU areas have no room for it)",
-	".init.text":    "module_init is never run: lucos does not insmod the patch",
-	".exit.text":    "module_exit is never run: lucos does not insmod the patch",
-	"__param":       "module parameters are ignored",
-	"__ksymtab":     "EXPORT_SYMBOL is ignored: a patch exports nothing",
-	"__ksymtab_gpl": "EXPORT_SYMBOL_GPL is ignored: a patch exports nothing",
-	"__dyndbg":      "pr_debug in patch code can never be enabled (dynamic debug does not know the patch)",
+// noteworthySection reports whether a section comes from something the
+// patch's author wrote (module_init, EXPORT_SYMBOL, WARN, pr_debug...) and
+// that lucos treats unlike the kernel's module loader. The routine ones
+// every module has (ORC, retpoline and return-thunk sites...) are not.
+func noteworthySection(name string) bool {
+	for _, p := range []string{".init.", ".exit.", "__ksymtab", "__kcrctab", "__bug_table", "__dyndbg", "_kprobe_blacklist", "_error_injection_whitelist", "__jump_table"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // absOr returns the absolute form of p, or p.
@@ -273,13 +293,9 @@ func absOr(p string) string {
 	return p
 }
 
-// copyFile writes src's contents to dst through a temporary file in dst's
-// directory, so dst is never half written.
-func copyFile(src, dst string) error {
-	b, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
+// writeFile writes b to dst through a temporary file in dst's directory,
+// so dst is never half written.
+func writeFile(dst string, b []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*")
 	if err != nil {
 		return err

@@ -103,16 +103,6 @@ func writePatch(t *testing.T, base string, files map[string]string) string {
 	return dir
 }
 
-func TestEmbeddedHeaderIsSDK(t *testing.T) {
-	sdk, err := os.ReadFile(filepath.Join("..", "..", "sdk", "include", "lucos", "patch.h"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(sdk, patchHeader) {
-		t.Error("patch/build/sdk/lucos/patch.h differs from sdk/include/lucos/patch.h: run go generate ./patch/build")
-	}
-}
-
 func TestModuleName(t *testing.T) {
 	for base, want := range map[string]string{
 		"cmdline-string":        "lucos_cmdline_string",
@@ -150,6 +140,19 @@ func TestUsesPatchMacro(t *testing.T) {
 		if got := usesPatchMacro(src); got != want {
 			t.Errorf("usesPatchMacro(%q) = %v", src, got)
 		}
+	}
+}
+
+// The sources are the .c and .h files, without what an in-place make
+// leaves behind.
+func TestPatchSources(t *testing.T) {
+	dir := writePatch(t, "p", map[string]string{
+		"a.c": "LUCOS_PATCH(\"p\", \"p\");\n", "b.h": "", "README.md": "", "Kbuild": "",
+		"lucos_p.mod.c": "", ".a.o.cmd": "", "a.o": "",
+	})
+	srcs, err := patchSources(dir)
+	if err != nil || !slices.Equal(srcs, []string{"a.c", "b.h"}) {
+		t.Errorf("patchSources = %q, %v", srcs, err)
 	}
 }
 
@@ -411,4 +414,35 @@ func FuzzInspect(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		Inspect(bytes.NewReader(b))
 	})
+}
+
+// One new function may replace several kernel functions: here two of the
+// six static name_show functions, told apart by sympos.
+func TestOneFunctionSeveralTargets(t *testing.T) {
+	requireKbuild(t)
+	dir := writePatch(t, "two-targets", map[string]string{"p.c": `#include <linux/device.h>
+#include <lucos/patch.h>
+
+LUCOS_PATCH("two-targets", "one function, two targets");
+
+static ssize_t patched_name_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "lucos\n");
+}
+LUCOS_REPLACE_POS(name_show, 1, patched_name_show);
+LUCOS_REPLACE_POS(name_show, 2, patched_name_show);
+`})
+	res, err := Build(context.Background(), dir, Options{Output: filepath.Join(t.TempDir(), "p.ko")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := InspectFile(res.KO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(m.Funcs, func(a, b Func) int { return int(a.Sympos) - int(b.Sympos) })
+	want := []Func{{OldName: "name_show", Sympos: 1, New: "patched_name_show"}, {OldName: "name_show", Sympos: 2, New: "patched_name_show"}}
+	if !reflect.DeepEqual(m.Funcs, want) {
+		t.Errorf("funcs %+v, want %+v", m.Funcs, want)
+	}
 }

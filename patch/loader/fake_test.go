@@ -97,3 +97,29 @@ func (k *fakeKernel) ReadVirt(va uint64, buf []byte) error {
 func (k *fakeKernel) Release() string                              { return k.release }
 func (k *fakeKernel) FieldOffset(typ, path string) (uint64, error) { return k.img.FieldOffset(typ, path) }
 func (k *fakeKernel) Sizeof(typ string) (uint64, error)            { return k.img.Sizeof(typ) }
+
+// emptyKernel is a Target where every symbol is missing and memory reads
+// as the ftrace NOP, for fuzzing Link without an image.
+type emptyKernel struct{ release string }
+
+func (k emptyKernel) Symbol(name string, pos int) (kimage.Symbol, uint64, error) {
+	// Every name resolves, near the slot, so linking gets as far as it can.
+	return kimage.Symbol{Name: name, Addr: 0xffffffff81000000, Type: 'T', Size: 64, Pos: 1}, 0xffffffff81000000, nil
+}
+
+func (k emptyKernel) ReadVirt(va uint64, buf []byte) error {
+	for i := range buf {
+		buf[i] = ftraceNOP[i%5]
+	}
+	return nil
+}
+
+func (k emptyKernel) Release() string { return k.release }
+
+func (k emptyKernel) FieldOffset(typ, path string) (uint64, error) {
+	return 0, fmt.Errorf("no BTF: %w", kimage.ErrNotFound)
+}
+
+func (k emptyKernel) Sizeof(typ string) (uint64, error) {
+	return 0, fmt.Errorf("no BTF: %w", kimage.ErrNotFound)
+}

@@ -126,6 +126,9 @@ func (l *linker) layout() error {
 		if s.treat != Consume {
 			continue
 		}
+		if s.size > l.size {
+			return formatErr(s.name, 0, "%d bytes of fix-up entries for a %d KiB slot", s.size, l.size>>10)
+		}
 		scratch = alignUp(scratch, s.align)
 		l.addr[s.idx] = scratch
 		l.buf[s.idx] = make([]byte, s.size)

@@ -94,6 +94,19 @@ func targets(t *testing.T, im *Image, fn string, op x86asm.Op) []uint64 {
 	return out
 }
 
+// immediates lists fn's immediate operands, sign-extended.
+func immediates(t *testing.T, im *Image, fn string) []uint64 {
+	var out []uint64
+	for _, in := range disasm(t, im, fn) {
+		for _, a := range in.Args {
+			if v, ok := a.(x86asm.Imm); ok {
+				out = append(out, uint64(int64(int32(v))))
+			}
+		}
+	}
+	return out
+}
+
 func count(xs []uint64, v uint64) int {
 	n := 0
 	for _, x := range xs {

@@ -240,8 +240,10 @@ func (m *Module) readRelocs(f *elf.File) error {
 			return formatErr(rs.name, 0, "relocates section %d of %d", es.Info, len(m.secs))
 		}
 		t := m.secs[es.Info]
-		if !t.alloc() || !t.placed() {
-			continue // debug info, or a section Link does not place
+		// Relocations matter where Link applies them; those of a refused
+		// section only name the code it belongs to in the refusal.
+		if !t.alloc() || !(t.placed() || t.treat == Refuse) {
+			continue // debug info, or a section Link ignores
 		}
 		if rs.typ == elf.SHT_REL {
 			return refuse(t.name, "", nil, "SHT_REL relocations (without addend): x86-64 kernel modules use RELA")
@@ -261,6 +263,10 @@ func (m *Module) readRelocs(f *elf.File) error {
 			}
 			if int(r.sym) >= len(m.syms) {
 				return formatErr(rs.name, uint64(off), "symbol index %d of %d", r.sym, len(m.syms))
+			}
+			if t.treat == Refuse {
+				t.relocs = append(t.relocs, r)
+				continue
 			}
 			size, ok := relocSize[r.typ]
 			if !ok {

@@ -4,7 +4,10 @@
 #include <linux/seq_file.h>
 #include <linux/fs.h>
 
-LUCOS_PATCH("ambiguous", "references a static with two definitions");
+#ifndef LUCOS_TEST_NAME
+#define LUCOS_TEST_NAME "ambiguous"
+#endif
+LUCOS_PATCH(LUCOS_TEST_NAME, "references a static with two definitions");
 
 extern ssize_t default_read_file(struct file *, char __user *, size_t, loff_t *);
 

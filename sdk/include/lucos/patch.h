@@ -72,9 +72,15 @@ struct lucos_sympos {
 	MODULE_LICENSE("GPL");							\
 	MODULE_DESCRIPTION(pdesc)
 
-/* LUCOS_REPLACE_POS(old, sympos, new): redirect the sympos-th `old` to `new`. */
+/*
+ * LUCOS_REPLACE_POS(old, sympos, new): redirect the sympos-th `old` to `new`.
+ * One new function may replace several old ones (e.g. every copy of a
+ * static duplicated across files): the descriptor's name is made unique
+ * with __COUNTER__.
+ */
 #define LUCOS_REPLACE_POS(old, pos, new)					\
-	static const struct lucos_func LUCOS_ID(__lucos_func_, new)		\
+	static const struct lucos_func						\
+	LUCOS_ID(LUCOS_ID(__lucos_func_, new), LUCOS_ID(_, __COUNTER__))	\
 	__used __section(".lucos.funcs") __aligned(8) = {			\
 		.old_name = #old, .sympos = (pos), .new_func = (void *)(new),	\
 	}

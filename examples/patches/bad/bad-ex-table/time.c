@@ -9,8 +9,8 @@
  *
  * (On x86-64 6.1, get_user, put_user, __get_user and __put_user are calls
  * to out-of-line helpers whose __ex_table entries are in vmlinux: they are
- * fine in a patch. unsafe_get_user/unsafe_put_user, the *_nofault kernel
- * accessors and the *_safe MSR accessors are inline and are not.)
+ * fine in a patch. unsafe_get_user, unsafe_put_user and __get_kernel_nofault
+ * are inline and are not.)
  */
 #include <linux/ptrace.h>
 #include <linux/timekeeping.h>
