@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -57,6 +58,14 @@ func buildPatch(t testing.TB, dir string) []byte {
 	return ko
 }
 
+// testLog sends the engine's log to the test's.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(b []byte) (int, error) {
+	l.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
 // rig is a booted guest with an attached kernel and a patch engine.
 type rig struct {
 	m *vmm.Machine
@@ -76,7 +85,7 @@ func newRig(t *testing.T) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := patch.New(m, k, nil)
+	e, err := patch.New(m, k, slog.New(slog.NewTextHandler(testLog{t}, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,8 +116,8 @@ func (r *rig) rollback(t *testing.T, p *patch.Patch) {
 	if _, err := r.e.Rollback(context.Background(), p.ID(), patch.Options{Wait: true, Timeout: time.Minute}); err != nil {
 		t.Fatalf("rollback: %v", err)
 	}
-	if st := p.State(); st != patch.StateRolledBack {
-		t.Fatalf("after rollback the patch is %s", st)
+	if in := p.Info(); in.State != patch.StateRolledBack {
+		t.Fatalf("after rollback the patch is %s, held by %+v, after %d checks (last error: %s)", in.State, in.HeldBy, in.Checks, in.CheckError)
 	}
 }
 

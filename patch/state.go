@@ -65,6 +65,7 @@ type Patch struct {
 	commitAfter time.Duration // from the switch to commit (or to rolled-back)
 	holders     []introspect.Holder
 	checks      int
+	checkErr    string // the last stack check's failure, if it failed
 	done        chan struct{} // closed when a transition settles; replaced per transition
 }
 
@@ -82,6 +83,7 @@ type Info struct {
 	PauseUS     float64             `json:"pause_us"`
 	CommitMS    float64             `json:"commit_ms"`
 	Checks      int                 `json:"stack_checks"`
+	CheckError  string              `json:"check_error,omitempty"`
 	HeldBy      []introspect.Holder `json:"held_by,omitempty"`
 	History     []Event             `json:"history"`
 }
@@ -94,7 +96,7 @@ func (p *Patch) Info() Info {
 		ID: p.id, Name: p.name, Description: p.description, BuildID: p.buildID, Release: p.release,
 		State: p.state, Funcs: append([]Func(nil), p.funcs...),
 		LoadPauseUS: us(p.loadPause), PauseUS: us(p.pause),
-		CommitMS: float64(p.commitAfter.Microseconds()) / 1e3, Checks: p.checks,
+		CommitMS: float64(p.commitAfter.Microseconds()) / 1e3, Checks: p.checks, CheckError: p.checkErr,
 		HeldBy: append([]introspect.Holder(nil), p.holders...), History: append([]Event(nil), p.history...),
 	}
 	if p.slot != nil {

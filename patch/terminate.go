@@ -21,15 +21,22 @@ func (e *Engine) waitClear(ctx context.Context, p *Patch, ranges []introspect.Ra
 	delay := firstCheckDelay
 	for {
 		snap, err := e.k.Snapshot(ctx)
-		if err != nil {
-			return err
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
-		holders := snap.Scan(ranges)
 		p.mu.Lock()
 		p.checks++
-		p.holders = holders
+		if err != nil {
+			// A failed check proves nothing either way: say so and try again.
+			p.checkErr = err.Error()
+			e.log.Warn("stack check failed", "id", p.id, "err", err)
+		} else {
+			p.checkErr = ""
+			p.holders = snap.Scan(ranges)
+		}
+		clear := err == nil && len(p.holders) == 0
 		p.mu.Unlock()
-		if len(holders) == 0 {
+		if clear {
 			return nil
 		}
 		select {

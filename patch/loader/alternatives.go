@@ -3,6 +3,8 @@ package loader
 import (
 	"encoding/binary"
 	"fmt"
+
+	"golang.org/x/arch/x86/x86asm"
 )
 
 // altLayout is struct alt_instr as the running kernel's BTF describes it.
@@ -16,6 +18,22 @@ type altLayout struct {
 	instr, repl, feat, ilen, rlen uint64
 	wide                          bool // ft_flags (u32) rather than cpuid (u16)
 }
+
+// feature returns the CPU feature bit an entry tests and whether the test
+// is inverted.
+func (a altLayout) feature(e []byte) (bit uint64, not bool) {
+	if a.wide {
+		w := binary.LittleEndian.Uint32(e[a.feat:])
+		return uint64(w & 0xffff), (w>>16)&altFlagNot != 0
+	}
+	w := binary.LittleEndian.Uint16(e[a.feat:])
+	return uint64(w &^ altInstrFlagInv), w&altInstrFlagInv != 0
+}
+
+const (
+	altInstrFlagInv = 1 << 15 // ALTINSTR_FLAG_INV in cpuid (Linux 6.1)
+	altFlagNot      = 1 << 0  // ALT_FLAG_NOT in ft_flags' flags (Linux 6.3+)
+)
 
 func (l *linker) altLayout() (altLayout, error) {
 	var a altLayout
@@ -120,15 +138,7 @@ func (l *linker) applyAlternatives() error {
 		instr := rel32Dest(base+off+lay.instr, e[lay.instr:lay.instr+4])
 		repl := rel32Dest(base+off+lay.repl, e[lay.repl:lay.repl+4])
 		ilen, rlen := uint64(e[lay.ilen]), uint64(e[lay.rlen])
-		var feature uint64
-		var not bool
-		if lay.wide {
-			w := binary.LittleEndian.Uint32(e[lay.feat:])
-			feature, not = uint64(w&0xffff), (w>>16)&1 != 0
-		} else {
-			w := binary.LittleEndian.Uint16(e[lay.feat:])
-			feature, not = uint64(w&0x7fff), w&0x8000 != 0
-		}
+		feature, not := lay.feature(e)
 		if rlen > ilen {
 			return formatErr(s.name, off, "replacement (%d bytes) longer than the original (%d)", rlen, ilen)
 		}
@@ -139,6 +149,9 @@ func (l *linker) applyAlternatives() error {
 		rb, _, ok := l.code(repl, rlen)
 		if !ok {
 			return formatErr(s.name, off, "replacement %#x+%d is not in the patch's code", repl, rlen)
+		}
+		if err := checkReplacement(rb, repl); err != nil {
+			return refuseAt(s.name, off, "", nil, "replacement at %#x for %#x: %v", repl, instr, err)
 		}
 		has, err := cpu.has(feature)
 		if err != nil {
@@ -179,4 +192,38 @@ func recomputeJump(buf []byte, instr, repl uint64) uint64 {
 	buf[0] = 0xe9
 	binary.LittleEndian.PutUint32(buf[1:], uint32(d-5))
 	return 5
+}
+
+// checkReplacement refuses a replacement Linux 6.1 would copy wrongly: one
+// with a relative operand reaching outside itself other than the leading
+// call or jmp it re-targets (6.1 has no general relocation of replacements;
+// later kernels do). Instructions x86asm cannot decode end the check.
+func checkReplacement(rb []byte, repl uint64) error {
+	for off := 0; off < len(rb); {
+		in, err := x86asm.Decode(rb[off:], 64)
+		if err != nil {
+			return nil
+		}
+		fixed := off == 0 && len(rb) == 5 && (rb[0] == 0xe8 || rb[0] == 0xe9)
+		next := repl + uint64(off+in.Len)
+		for _, a := range in.Args {
+			var dest uint64
+			switch a := a.(type) {
+			case x86asm.Rel:
+				dest = next + uint64(int64(a))
+			case x86asm.Mem:
+				if a.Base != x86asm.RIP {
+					continue
+				}
+				dest = next + uint64(a.Disp)
+			default:
+				continue
+			}
+			if !fixed && (dest < repl || dest > repl+uint64(len(rb))) {
+				return fmt.Errorf("%v at +%d refers to %#x outside the replacement, and Linux 6.1 copies it unadjusted", in.Op, off, dest)
+			}
+		}
+		off += in.Len
+	}
+	return nil
 }

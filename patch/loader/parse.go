@@ -19,9 +19,9 @@ const (
 	symposSize = 16 // struct lucos_sympos
 
 	maxSympos = 1 << 20
-	// maxSection bounds a section's size (a slot is 2 MiB; this only keeps
-	// hostile sizes from overflowing arithmetic).
-	maxSection = 1 << 30
+	// maxSection bounds the sections Parse reads: the whole patch region
+	// is 16 MiB, and hostile sizes must not allocate or overflow.
+	maxSection = 16 << 20
 )
 
 // Module is a parsed patch module: everything lucos can check without a
@@ -159,8 +159,11 @@ func (m *Module) readSections(f *elf.File) error {
 	for i, es := range f.Sections {
 		s := &section{idx: i, name: es.Name, typ: es.Type, flags: es.Flags, size: es.Size, align: es.Addralign}
 		m.secs[i] = s
-		if !s.alloc() && s.typ != elf.SHT_RELA && s.typ != elf.SHT_REL {
-			continue
+		if !s.alloc() {
+			continue // relocation sections are read when their target matters
+		}
+		if s.flags&elf.SHF_COMPRESSED != 0 {
+			return formatErr(s.name, 0, "compressed SHF_ALLOC section")
 		}
 		if s.size > maxSection {
 			return formatErr(s.name, 0, "size %#x is beyond any patch", s.size)
@@ -251,6 +254,14 @@ func (m *Module) readRelocs(f *elf.File) error {
 		if es.Link >= uint32(len(m.secs)) || m.secs[es.Link].typ != elf.SHT_SYMTAB {
 			return formatErr(rs.name, 0, "its symbol table is section %d, not .symtab", es.Link)
 		}
+		if rs.size > maxSection || rs.flags&elf.SHF_COMPRESSED != 0 {
+			return formatErr(rs.name, 0, "size %#x is beyond any patch", rs.size)
+		}
+		data, err := es.Data()
+		if err != nil {
+			return formatErr(rs.name, 0, "read: %v", err)
+		}
+		rs.data = data
 		if len(rs.data)%24 != 0 {
 			return formatErr(rs.name, 0, "size %d is not a multiple of 24", len(rs.data))
 		}

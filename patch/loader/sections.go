@@ -94,7 +94,7 @@ var sectionRules = []sectionRule{
 	{".gnu.linkonce.this_module", Ignore, "struct module: a lucos patch is not a module; code referencing THIS_MODULE is refused"},
 	{".init.*", Ignore, "module_init never runs; code referencing init code or data is refused"},
 	{".exit.*", Ignore, "module_exit never runs; code referencing exit code or data is refused"},
-	{".orc_unwind", Ignore, "ORC unwind data is not registered: guest stack traces stop at patch code (lucos scans stacks itself)"},
+	{".orc_unwind", Ignore, "ORC unwind data is not registered: the guest's own unwinder cannot see through patch code (lucos scans stacks itself)"},
 	{".orc_unwind_ip", Ignore, "as .orc_unwind"},
 	{".orc_header", Ignore, "as .orc_unwind"},
 	{".static_call_sites", Ignore, "static_call() sites keep calling the trampoline, which the kernel keeps current"},
