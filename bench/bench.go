@@ -47,6 +47,7 @@ var Scenarios = []Scenario{
 	{"pause", "guest-visible pause of all vCPUs, guest busy on every vCPU", Pause},
 	{"read", "guest-physical read throughput: shared mapping vs gdbstub", Read},
 	{"introspect", "parse symbols and BTF, attach, snapshot and scan every kernel stack", Introspect},
+	{"apply", "apply/rollback of a code patch, guest busy, next to in-guest Linux livepatch", Apply},
 }
 
 // Lookup finds a scenario by name.

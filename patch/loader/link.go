@@ -161,11 +161,11 @@ func (l *linker) symAddr(i uint32, from *section, off uint64) (uint64, error) {
 		ts := l.m.secs[s.shndx]
 		if !ts.placed() {
 			what := fmt.Sprintf("refers to %s in section %s, which lucos does not load", s.name, ts.name)
-			if ts.name == ".gnu.linkonce.this_module" {
-				what = "uses THIS_MODULE: a lucos patch is not a module (there is no struct module for it)"
-			}
 			if r, ok := classify(ts.name); ok && r.treat != Load {
 				what += " (" + r.reason + ")"
+			}
+			if ts.name == ".gnu.linkonce.this_module" {
+				what = "uses THIS_MODULE: a lucos patch is not a module (there is no struct module for it)"
 			}
 			return 0, refuseAt(from.name, off, s.name, nil, "%s", what)
 		}

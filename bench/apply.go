@@ -1,0 +1,186 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lucos/lucos/guest"
+	"github.com/lucos/lucos/initramfs"
+	"github.com/lucos/lucos/introspect"
+	"github.com/lucos/lucos/kimage"
+	"github.com/lucos/lucos/launch"
+	"github.com/lucos/lucos/patch"
+	"github.com/lucos/lucos/patch/build"
+	"github.com/lucos/lucos/vmm"
+)
+
+// Counts for Apply.
+const (
+	applyCycles = 100
+	klpCycles   = 5
+)
+
+// klpPath is where the in-guest livepatch module sits in the benchmark initramfs.
+const klpPath = "/lib/lucos/cmdline_klp.ko"
+
+// Apply applies and rolls back the cmdline-string example applyCycles
+// times with every vCPU busy, then makes the same change with the in-guest
+// Linux livepatch (examples/klp/cmdline-klp: insmod, wait for the
+// transition, disable, wait, rmmod) on the same guest.
+func Apply(ctx context.Context, opts launch.Options, progress io.Writer) (*Result, error) {
+	root := repoRoot()
+	fmt.Fprintln(progress, "apply: building cmdline-string and its livepatch twin")
+	tmp, err := os.MkdirTemp("", "lucos-bench-apply-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	res, err := build.Build(ctx, filepath.Join(root, "examples/patches/cmdline-string"), build.Options{Release: opts.Image.Release, Output: filepath.Join(tmp, "p.ko")})
+	if err != nil {
+		return nil, err
+	}
+	ko, err := os.ReadFile(res.KO)
+	if err != nil {
+		return nil, err
+	}
+	klp, err := build.BuildModule(ctx, filepath.Join(root, "examples/klp/cmdline-klp"), build.Options{Release: opts.Image.Release, Output: filepath.Join(tmp, "klp.ko")})
+	if err != nil {
+		return nil, err
+	}
+	opts.Extend = func(a *initramfs.Archive) error { return a.AddHostFile(klpPath, klp, 0o644) }
+
+	fmt.Fprintln(progress, "apply: booting the guest")
+	m, err := launch.Start(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	img, err := guest.Fetch(ctx, opts.Image)
+	if err != nil {
+		return nil, err
+	}
+	ki, err := kimage.Load(ctx, m.KernelPath(), img.Dir)
+	if err != nil {
+		return nil, err
+	}
+	k, err := introspect.Attach(ctx, m, ki)
+	if err != nil {
+		return nil, err
+	}
+	e, err := patch.New(m, k, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer e.Close()
+	if _, err := m.ExecScript(ctx, BusyLoops(m.CPUs())); err != nil {
+		return nil, err
+	}
+	time.Sleep(500 * time.Millisecond)
+
+	var pause, load, commit, rbPause, rbSettle []float64
+	wait := patch.Options{Wait: true, Timeout: time.Minute}
+	for i := 0; i < applyCycles; i++ {
+		if i%25 == 0 {
+			fmt.Fprintf(progress, "apply: lucos cycle %d/%d\n", i, applyCycles)
+		}
+		p, err := e.Apply(ctx, ko, wait)
+		if err != nil {
+			return nil, err
+		}
+		in := p.Info()
+		if in.State != patch.StateCommitted {
+			return nil, fmt.Errorf("cycle %d: patch %s after %v", i, in.State, wait.Timeout)
+		}
+		pause, load, commit = append(pause, in.PauseUS), append(load, in.LoadPauseUS), append(commit, in.CommitMS)
+		if _, err := e.Rollback(ctx, p.ID(), wait); err != nil {
+			return nil, err
+		}
+		in = p.Info()
+		if in.State != patch.StateRolledBack {
+			return nil, fmt.Errorf("cycle %d: rollback %s", i, in.State)
+		}
+		rbPause, rbSettle = append(rbPause, in.PauseUS), append(rbSettle, in.CommitMS)
+	}
+
+	var klpOn, klpOff []float64
+	for i := 0; i < klpCycles; i++ {
+		fmt.Fprintf(progress, "apply: livepatch cycle %d/%d\n", i+1, klpCycles)
+		on, off, err := klpCycle(ctx, m)
+		if err != nil {
+			return nil, err
+		}
+		klpOn, klpOff = append(klpOn, on), append(klpOff, off)
+	}
+	rows := []Row{
+		distribution("lucos apply: guest-visible pause of the switch", "ms", scale(pause, 1e-3)),
+		distribution("lucos apply: load pause (pages + mapping, before the switch)", "ms", scale(load, 1e-3)),
+		distribution("lucos apply → committed", "ms", commit),
+		distribution("lucos rollback: guest-visible pause", "ms", scale(rbPause, 1e-3)),
+		distribution("lucos rollback → slot freed", "ms", rbSettle),
+		distribution("Linux livepatch: insmod → transition done", "ms", klpOn),
+		distribution("Linux livepatch: disable → transition done", "ms", klpOff),
+	}
+	rows[2].Ratio = "1"
+	rows[5].Ratio = fmt.Sprintf("%.0f× lucos", rows[5].P50/rows[2].P50)
+	rows[4].Ratio = "1"
+	rows[6].Ratio = fmt.Sprintf("%.0f× lucos", rows[6].P50/rows[4].P50)
+	return &Result{Scenario: "apply and roll back cmdline-string, guest busy", Rows: rows, Notes: []string{
+		fmt.Sprintf("%s, %d vCPUs each running a busy shell loop, TCG. lucos: %d apply+rollback cycles with --wait. Linux livepatch: the same change as a klp module (examples/klp/cmdline-klp) insmod'ed in the guest, %d cycles, timed inside the guest from /proc/timer_list.", m.Release(), m.CPUs(), applyCycles, klpCycles),
+	}}, nil
+}
+
+// klpScript enables and disables the livepatch module once and prints the
+// guest's monotonic clock (ns, from /proc/timer_list) at each step.
+const klpScript = `now() { awk '/^now at/ {print $3; exit}' /proc/timer_list; }
+settle() { while [ "$(cat /sys/kernel/livepatch/cmdline_klp/transition)" != 0 ]; do sleep 0.01; done; }
+t0=$(now); insmod ` + klpPath + ` || exit 1; settle; t1=$(now)
+echo 0 > /sys/kernel/livepatch/cmdline_klp/enabled; settle; t2=$(now)
+while ! rmmod cmdline_klp 2>/dev/null; do sleep 0.01; done
+echo $t0 $t1 $t2`
+
+// klpCycle enables and disables the livepatch module in the guest and
+// returns how long each transition took (ms), by the guest's clock.
+func klpCycle(ctx context.Context, m *vmm.Machine) (on, off float64, err error) {
+	res, err := m.ExecScript(ctx, klpScript)
+	if err != nil {
+		return 0, 0, err
+	}
+	f := strings.Fields(string(res.Stdout))
+	if res.Status != 0 || len(f) != 3 {
+		return 0, 0, fmt.Errorf("livepatch cycle failed (status %d): %s%s", res.Status, res.Stdout, res.Stderr)
+	}
+	var t [3]float64
+	for i := range t {
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("livepatch cycle: bad clock %q", f[i])
+		}
+		t[i] = float64(n) / 1e6
+	}
+	return t[1] - t[0], t[2] - t[1], nil
+}
+
+func scale(x []float64, f float64) []float64 {
+	out := make([]float64, len(x))
+	for i, v := range x {
+		out[i] = v * f
+	}
+	return out
+}
+
+// repoRoot is the lucos source tree (examples live there).
+func repoRoot() string {
+	if d := os.Getenv("LUCOS_SRC"); d != "" {
+		return d
+	}
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
