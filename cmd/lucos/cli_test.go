@@ -383,3 +383,42 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestPatchCommands drives a live patch through the CLI: build, apply,
+// list, rollback, as the README shows.
+func TestPatchCommands(t *testing.T) {
+	v := startVM(t)
+	ko := filepath.Join(t.TempDir(), "cmdline-string.ko")
+	if r := lucos(t, nil, "patch", "build", "../../examples/patches/cmdline-string", "-o", ko); r.code != 0 {
+		t.Fatalf("patch build: exit %d\n%s", r.code, r.stderr)
+	}
+	before := lucos(t, nil, "exec", "--api-sock", v.sock, "--", "cat", "/proc/cmdline").stdout
+	r := lucos(t, nil, "patch", "apply", "--api-sock", v.sock, ko, "--wait", "--json")
+	var in struct {
+		ID      string  `json:"id"`
+		State   string  `json:"state"`
+		PauseUS float64 `json:"pause_us"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &in); err != nil || in.State != "committed" || in.PauseUS <= 0 {
+		t.Fatalf("patch apply: %v %q %s", err, r.stdout, r.stderr)
+	}
+	after := lucos(t, nil, "exec", "--api-sock", v.sock, "--", "cat", "/proc/cmdline").stdout
+	if after != strings.TrimSuffix(before, "\n")+" lucos-patched\n" {
+		t.Errorf("/proc/cmdline after apply: %q", after)
+	}
+	if r := lucos(t, nil, "patch", "list", "--api-sock", v.sock); !strings.Contains(r.stdout, "cmdline-string  committed") {
+		t.Errorf("patch list:\n%s", r.stdout)
+	}
+	if r := lucos(t, nil, "patch", "apply", "--api-sock", v.sock, "/bin/true"); r.code != 1 || !strings.Contains(r.stderr, "ELF") && !strings.Contains(r.stderr, "patch") {
+		t.Errorf("apply of a program: exit %d %q", r.code, r.stderr)
+	}
+	if r := lucos(t, nil, "patch", "rollback", "--api-sock", v.sock, in.ID, "--wait"); r.code != 0 || !strings.Contains(r.stdout, "rolled-back") {
+		t.Errorf("patch rollback: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	if again := lucos(t, nil, "exec", "--api-sock", v.sock, "--", "cat", "/proc/cmdline").stdout; again != before {
+		t.Errorf("/proc/cmdline after rollback: %q, want %q", again, before)
+	}
+	if r := lucos(t, nil, "patch", "rollback", "--api-sock", v.sock, "42"); r.code != 1 || !strings.Contains(r.stderr, "no such patch") {
+		t.Errorf("rollback of an unknown id: exit %d %q", r.code, r.stderr)
+	}
+}
