@@ -35,11 +35,13 @@ guest: deps build
 demo: guest
 	$(LUCOS) demo
 
+# The whole suite, guests included. Per-test results are printed (without
+# go test's RUN/PAUSE/CONT chatter); test.log keeps everything.
 test: guest
 	$(GO) vet ./...
-	$(GO) test $(GOTESTFLAGS) -v ./... 2>&1 | tee test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP|panic)|^\s+--- |_test.go:' ; \
+	$(GO) test $(GOTESTFLAGS) -v ./... 2>&1 | tee test.log | grep --line-buffered -vE '^=== (RUN|PAUSE|CONT|NAME)'; \
 		status=$${PIPESTATUS[0]}; \
-		echo; grep -E '^(ok|FAIL|---)' test.log | grep -vE '^--- PASS' | tail -40; \
+		echo; echo "tests: $$(grep -cE '^\s*--- PASS' test.log) passed, $$(grep -cE '^\s*--- FAIL' test.log) failed, $$(grep -cE '^\s*--- SKIP' test.log) skipped"; \
 		exit $$status
 
 test-unit: build
