@@ -139,7 +139,8 @@ func Apply(ctx context.Context, opts launch.Options, progress io.Writer) (*Resul
 // klpScript enables and disables the livepatch module once and prints the
 // guest's monotonic clock (ns, from /proc/timer_list) at each step.
 const klpScript = `now() { awk '/^now at/ {print $3; exit}' /proc/timer_list; }
-settle() { while [ "$(cat /sys/kernel/livepatch/cmdline_klp/transition)" != 0 ]; do sleep 0.01; done; }
+f=/sys/kernel/livepatch/cmdline_klp/transition
+settle() { while [ -e $f ] && [ "$(cat $f 2>/dev/null)" = 1 ]; do sleep 0.01; done; }
 t0=$(now); insmod ` + klpPath + ` || exit 1; settle; t1=$(now)
 echo 0 > /sys/kernel/livepatch/cmdline_klp/enabled; settle; t2=$(now)
 while ! rmmod cmdline_klp 2>/dev/null; do sleep 0.01; done
