@@ -6,11 +6,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/lucos/lucos/examples"
 	"github.com/lucos/lucos/guest"
 	"github.com/lucos/lucos/initramfs"
 	"github.com/lucos/lucos/introspect"
@@ -35,22 +35,21 @@ const klpPath = "/lib/lucos/cmdline_klp.ko"
 // Linux livepatch (examples/klp/cmdline-klp: insmod, wait for the
 // transition, disable, wait, rmmod) on the same guest.
 func Apply(ctx context.Context, opts launch.Options, progress io.Writer) (*Result, error) {
-	root := repoRoot()
 	fmt.Fprintln(progress, "apply: building cmdline-string and its livepatch twin")
 	tmp, err := os.MkdirTemp("", "lucos-bench-apply-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	res, err := build.Build(ctx, filepath.Join(root, "examples/patches/cmdline-string"), build.Options{Release: opts.Image.Release, Output: filepath.Join(tmp, "p.ko")})
+	ko, err := BuildExample(ctx, "patches/cmdline-string", opts.Image.Release, tmp)
 	if err != nil {
 		return nil, err
 	}
-	ko, err := os.ReadFile(res.KO)
+	klpDir, err := examples.Extract("klp/cmdline-klp", tmp)
 	if err != nil {
 		return nil, err
 	}
-	klp, err := build.BuildModule(ctx, filepath.Join(root, "examples/klp/cmdline-klp"), build.Options{Release: opts.Image.Release, Output: filepath.Join(tmp, "klp.ko")})
+	klp, err := build.BuildModule(ctx, klpDir, build.Options{Release: opts.Image.Release, Output: filepath.Join(tmp, "klp.ko")})
 	if err != nil {
 		return nil, err
 	}
@@ -176,12 +175,15 @@ func scale(x []float64, f float64) []float64 {
 	return out
 }
 
-// repoRoot is the lucos source tree (examples live there).
-func repoRoot() string {
-	if d := os.Getenv("LUCOS_SRC"); d != "" {
-		return d
+// BuildExample builds an embedded example patch in dir and returns the module.
+func BuildExample(ctx context.Context, path, release, dir string) ([]byte, error) {
+	src, err := examples.Extract(path, dir)
+	if err != nil {
+		return nil, err
 	}
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Dir(filepath.Dir(file))
+	res, err := build.Build(ctx, src, build.Options{Release: release, Output: filepath.Join(dir, filepath.Base(path)+".ko")})
+	if err != nil {
+		return nil, err
+	}
+	return os.ReadFile(res.KO)
 }
-

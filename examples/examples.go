@@ -1,0 +1,42 @@
+// Package examples carries the example patches (patches/) and the in-guest
+// livepatch twin (klp/) inside the lucos binary, so that `lucos demo` and
+// `lucos bench` build them from any directory.
+package examples
+
+import (
+	"embed"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+//go:embed patches/*/*.c patches/*/*.h klp/*/*.c klp/*/Kbuild
+var files embed.FS
+
+// Extract writes the example at path (e.g. "patches/cmdline-string" or
+// "klp/cmdline-klp") into a new directory under dir and returns it.
+func Extract(path, dir string) (string, error) {
+	src, err := fs.Sub(files, path)
+	if err != nil {
+		return "", err
+	}
+	ents, err := fs.ReadDir(src, ".")
+	if err != nil || len(ents) == 0 {
+		return "", fmt.Errorf("no example %q", path)
+	}
+	dst := filepath.Join(dir, filepath.Base(path))
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return "", err
+	}
+	for _, e := range ents {
+		b, err := fs.ReadFile(src, e.Name())
+		if err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
+			return "", err
+		}
+	}
+	return dst, nil
+}
