@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"os"
 	"testing"
 )
 
@@ -47,21 +46,6 @@ func TestParseRejects(t *testing.T) {
 		if _, err := Parse(bytes.NewReader(b)); !errors.Is(err, ErrNotBzImage) {
 			t.Errorf("%s: err = %v, want ErrNotBzImage", name, err)
 		}
-	}
-}
-
-// TestParseDebianKernel reads the cached stock kernel when there is one.
-func TestParseDebianKernel(t *testing.T) {
-	path := os.Getenv("LUCOS_TEST_KERNEL")
-	if path == "" {
-		t.Skip("LUCOS_TEST_KERNEL not set")
-	}
-	h, err := ParseFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if h.Release() == "" || h.PayloadLength == 0 {
-		t.Errorf("header %+v", h)
 	}
 }
 
