@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lucos/lucos/internal/testreq"
 )
 
 // These tests run the real qemu-system-x86_64 with no kernel at all: SeaBIOS
@@ -23,14 +25,7 @@ import (
 
 func qemuBinary(t testing.TB) string {
 	t.Helper()
-	p, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true needs qemu-system-x86_64: %v", err)
-		}
-		t.Skipf("qemu-system-x86_64 not installed: %v", err)
-	}
-	return p
+	return testreq.Tools(t, "qemu-system-x86_64")
 }
 
 // startQEMU starts a 2-vCPU TCG VM with its gdbstub on a unix socket and

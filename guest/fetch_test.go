@@ -13,25 +13,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lucos/lucos/internal/testreq"
 )
 
 // These tests run the real apt and kbuild. They share the default cache
 // (DefaultCacheDir) so that only the first run on a machine downloads the
 // ~40 MB of packages.
 
-// requireTools skips the test when a command is missing, except in CI,
-// where the README's test command makes every tool required.
-func requireTools(t *testing.T, names ...string) {
-	t.Helper()
-	for _, name := range names {
-		if _, err := exec.LookPath(name); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is required in CI: %v", name, err)
-			}
-			t.Skipf("needs %s: %v", name, err)
-		}
-	}
-}
+func requireTools(t *testing.T, names ...string) { testreq.Tools(t, names...) }
 
 // logWriter sends progress lines to the test log.
 type logWriter struct{ t *testing.T }
@@ -258,10 +248,7 @@ func currentOrSkip(t *testing.T) string {
 	a := &apt{progress: &progress{}, updated: true}
 	r, err := currentRelease(context.Background(), a, FlavourCloud)
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skipf("apt lists have no cloud kernel (run apt-get update): %v", err)
+		testreq.Unavailable(t, "apt lists have no cloud kernel (run apt-get update): %v", err)
 	}
 	return r.Name
 }

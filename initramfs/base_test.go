@@ -8,33 +8,16 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/lucos/lucos/internal/testreq"
 )
 
-// requireTools skips the test when a command is missing, except in CI,
-// where the README's test command makes every tool required.
-func requireTools(t *testing.T, names ...string) {
-	t.Helper()
-	for _, name := range names {
-		if _, err := exec.LookPath(name); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is required in CI: %v", name, err)
-			}
-			t.Skipf("needs %s: %v", name, err)
-		}
-	}
-}
+func requireTools(t *testing.T, names ...string) { testreq.Tools(t, names...) }
 
 // hostBusybox is the host's static busybox (Debian's busybox-static).
 func hostBusybox(t *testing.T) string {
 	t.Helper()
-	const p = "/bin/busybox"
-	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required in CI (apt-get install -y busybox-static): %v", p, err)
-		}
-		t.Skipf("needs %s (apt-get install -y busybox-static): %v", p, err)
-	}
-	return p
+	return testreq.File(t, "/bin/busybox", "apt-get install -y busybox-static")
 }
 
 // The applets the guest's scripts (rootfs/) run.

@@ -85,6 +85,19 @@ func (f *patchFlags) client() (*api.Client, error) {
 	return api.NewClient(f.apiSock), nil
 }
 
+// run performs one patch transition through the API and prints the patch.
+func (f *patchFlags) run(op func(*api.Client) (*patch.Info, error)) error {
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	in, err := op(c)
+	if err != nil {
+		return err
+	}
+	return printPatch(in, f.asJSON)
+}
+
 func printPatch(in *patch.Info, asJSON bool) error {
 	if asJSON {
 		enc := json.NewEncoder(os.Stdout)
@@ -113,19 +126,13 @@ then committed), the guest-visible pause and, once committed, the time to
 commit. Nothing is written to the guest if the patch is refused.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := f.client()
-			if err != nil {
-				return err
-			}
 			ko, err := os.ReadFile(args[0])
 			if err != nil {
 				return err
 			}
-			in, err := c.Apply(cmd.Context(), api.ApplyRequest{KO: ko, Wait: f.wait, Timeout: api.Duration(f.timeout)})
-			if err != nil {
-				return err
-			}
-			return printPatch(in, f.asJSON)
+			return f.run(func(c *api.Client) (*patch.Info, error) {
+				return c.Apply(cmd.Context(), api.ApplyRequest{KO: ko, Wait: f.wait, Timeout: api.Duration(f.timeout)})
+			})
 		},
 	}
 	f.add(cmd)
@@ -142,15 +149,9 @@ its slot once no thread runs patch code. The newest patch can always be
 rolled back; an older one only if no later patch changes the same functions.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := f.client()
-			if err != nil {
-				return err
-			}
-			in, err := c.Rollback(cmd.Context(), args[0], api.RollbackRequest{Wait: f.wait, Timeout: api.Duration(f.timeout)})
-			if err != nil {
-				return err
-			}
-			return printPatch(in, f.asJSON)
+			return f.run(func(c *api.Client) (*patch.Info, error) {
+				return c.Rollback(cmd.Context(), args[0], api.RollbackRequest{Wait: f.wait, Timeout: api.Duration(f.timeout)})
+			})
 		},
 	}
 	f.add(cmd)

@@ -6,27 +6,22 @@ package testvm
 
 import (
 	"context"
-	"os"
-	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/lucos/lucos/guest"
+	"github.com/lucos/lucos/internal/testreq"
 	"github.com/lucos/lucos/launch"
 	"github.com/lucos/lucos/vmm"
 )
 
-// InCI reports whether the test runs under CI, where nothing may be skipped
-// for want of QEMU or the guest.
-func InCI() bool { return os.Getenv("CI") == "true" }
+// InCI reports whether the test runs under CI (see package testreq).
+func InCI() bool { return testreq.InCI() }
 
 // Unavailable skips t with reason, or fails it under CI.
 func Unavailable(t testing.TB, reason string, args ...any) {
 	t.Helper()
-	if InCI() {
-		t.Fatalf("required under CI: "+reason, args...)
-	}
-	t.Skipf(reason, args...)
+	testreq.Unavailable(t, reason, args...)
 }
 
 // Image returns the default guest image, fetching it on first use.
@@ -47,9 +42,7 @@ func Image(t testing.TB) *guest.Image {
 // Options returns launch options for the default guest with 2 vCPUs.
 func Options(t testing.TB) launch.Options {
 	t.Helper()
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		Unavailable(t, "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
-	}
+	testreq.Tools(t, "qemu-system-x86_64")
 	Image(t)
 	return launch.Options{VM: vmm.Config{CPUs: 2, Accel: vmm.AccelTCG}}
 }
