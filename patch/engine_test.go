@@ -102,6 +102,14 @@ func (r *rig) sh(t *testing.T, script string) string {
 	return string(res.Stdout)
 }
 
+// sleeper starts `sleep 1000` in the guest and returns its pid once it
+// sleeps in do_nanosleep.
+func (r *rig) sleeper(t *testing.T) string {
+	t.Helper()
+	return strings.TrimSpace(r.sh(t, `sleep 1000 >/dev/null 2>&1 & p=$!
+until grep -q nanosleep /proc/$p/wchan 2>/dev/null; do sleep 0.05; done; echo $p`))
+}
+
 func (r *rig) apply(t *testing.T, ko []byte) *patch.Patch {
 	t.Helper()
 	p, err := r.e.Apply(context.Background(), ko, patch.Options{Wait: true, Timeout: time.Minute})
@@ -184,8 +192,7 @@ func noKernelComplaints(t *testing.T, m *vmm.Machine) {
 func TestTerminationWaitsForBlockedTask(t *testing.T) {
 	r := newRig(t)
 	ko := buildPatch(t, "patch/testdata/hold-nanosleep")
-	pid := strings.TrimSpace(r.sh(t, "sleep 1000 >/dev/null 2>&1 & echo $!"))
-	time.Sleep(500 * time.Millisecond)
+	pid := r.sleeper(t)
 
 	p, err := r.e.Apply(context.Background(), ko, patch.Options{Wait: true, Timeout: 2 * time.Second})
 	if err != nil {
@@ -216,8 +223,7 @@ func TestTerminationWaitsForBlockedTask(t *testing.T) {
 	t.Logf("committed after %.1f ms and %d stack checks", p.Info().CommitMS, p.Info().Checks)
 
 	// A task asleep now sleeps inside patch code: rollback waits for it.
-	pid = strings.TrimSpace(r.sh(t, "sleep 1000 >/dev/null 2>&1 & echo $!"))
-	time.Sleep(500 * time.Millisecond)
+	pid = r.sleeper(t)
 	if _, err := r.e.Rollback(context.Background(), p.ID(), patch.Options{Wait: true, Timeout: 2 * time.Second}); err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ var (
 	// cannot honour on this kernel. The concrete error is a *RefusedError.
 	ErrRefused = errors.New("refused")
 	// ErrWrongRelease: the patch was built for another kernel release.
-	ErrWrongRelease = errors.New("patch built for another kernel release")
+	ErrWrongRelease = errors.New("wrong kernel release")
 	// ErrNoSpace: the patch's sections do not fit the slot given to Link.
 	ErrNoSpace = errors.New("patch does not fit its slot")
 )

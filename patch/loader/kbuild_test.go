@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lucos/lucos/guest"
+	"github.com/lucos/lucos/internal/testreq"
 	"github.com/lucos/lucos/internal/testvm"
 	"github.com/lucos/lucos/kimage"
 )
@@ -52,7 +53,7 @@ func testModules(t testing.TB) map[string][]byte {
 		kbuildMods, kbuildSkip, kbuildErr = buildModules(img)
 	})
 	if kbuildSkip != "" {
-		testvm.Unavailable(t, "%s", kbuildSkip)
+		testreq.Unavailable(t, "%s", kbuildSkip)
 	}
 	if kbuildErr != nil {
 		t.Fatal(kbuildErr)

@@ -50,7 +50,7 @@ const (
 // thunks, WARN sites) for the running kernel. It only reads the guest.
 func (m *Module) Link(t Target, base, size uint64) (*Image, error) {
 	if rel := t.Release(); m.Release != rel {
-		return nil, fmt.Errorf("%w: patch %s built for %s, guest runs %s", ErrWrongRelease, m.Name, m.Release, rel)
+		return nil, fmt.Errorf("link %s: patch built for %s, guest runs %s: %w", m.Name, m.Release, rel, ErrWrongRelease)
 	}
 	if base%PageSize != 0 || size%PageSize != 0 || size == 0 || base+size < base || base+2*size < base {
 		return nil, fmt.Errorf("link %s: slot %#x+%#x is not a page-aligned range", m.Name, base, size)
@@ -293,7 +293,7 @@ func (l *linker) relocate() error {
 // offset of addr in it.
 func (l *linker) place(addr, n uint64) (*section, uint64, bool) {
 	for _, s := range l.m.secs {
-		if !s.placed() || addr < l.addr[s.idx] {
+		if !s.placed() || s.size == 0 || addr < l.addr[s.idx] {
 			continue
 		}
 		off := addr - l.addr[s.idx]

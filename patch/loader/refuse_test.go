@@ -118,7 +118,7 @@ func TestRefuseWrongRelease(t *testing.T) {
 	m, k, base := offline(t, "cmdline")
 	k.release = "6.1.0-99-cloud-amd64"
 	_, err := m.Link(k, base, slot)
-	if !errors.Is(err, ErrWrongRelease) || !strings.Contains(err.Error(), "built for "+m.Release+", guest runs 6.1.0-99-cloud-amd64") {
+	if !errors.Is(err, ErrWrongRelease) || !strings.Contains(err.Error(), "patch built for "+m.Release+", guest runs 6.1.0-99-cloud-amd64") {
 		t.Errorf("got %v", err)
 	}
 }

@@ -10,6 +10,10 @@ extern int LUCOS_ORIG(do_nanosleep)(struct hrtimer_sleeper *t, enum hrtimer_mode
 
 static int new_do_nanosleep(struct hrtimer_sleeper *t, enum hrtimer_mode mode)
 {
-	return LUCOS_ORIG(do_nanosleep)(t, mode);
+	int ret = LUCOS_ORIG(do_nanosleep)(t, mode);
+
+	/* Code after the call: no tail call, so a sleeper has a frame here. */
+	barrier();
+	return ret;
 }
 LUCOS_REPLACE(do_nanosleep, new_do_nanosleep);
