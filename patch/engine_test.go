@@ -103,11 +103,13 @@ func (r *rig) sh(t *testing.T, script string) string {
 }
 
 // sleeper starts `sleep 1000` in the guest and returns its pid once it
-// sleeps in do_nanosleep.
+// sleeps in a nanosleep system call (35 or clock_nanosleep 230, state S).
+// (Not /proc/PID/wchan: the kernel's ORC unwinder has no tables for patch
+// code, so it cannot name a frame above one in a patch.)
 func (r *rig) sleeper(t *testing.T) string {
 	t.Helper()
 	return strings.TrimSpace(r.sh(t, `sleep 1000 >/dev/null 2>&1 & p=$!
-until grep -q nanosleep /proc/$p/wchan 2>/dev/null; do sleep 0.05; done; echo $p`))
+until grep -qE '^(35|230) ' /proc/$p/syscall 2>/dev/null && [ "$(cut -d' ' -f3 /proc/$p/stat)" = S ]; do sleep 0.05; done; echo $p`))
 }
 
 func (r *rig) apply(t *testing.T, ko []byte) *patch.Patch {

@@ -352,3 +352,19 @@ func TestPauseResumeBusyGuest(t *testing.T) {
 	}
 	t.Logf("busy counter %d -> %d; pause p50 %v p99 %v", before, after, st.P50, st.P99)
 }
+
+// TestExecMany runs many commands back to back: none is lost.
+func TestExecMany(t *testing.T) {
+	m := sharedGuest(t)
+	for i := 0; i < 300; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		res, err := m.Exec(ctx, "echo", strconv.Itoa(i))
+		cancel()
+		if err != nil {
+			t.Fatalf("command %d: %v", i, err)
+		}
+		if got := strings.TrimSpace(string(res.Stdout)); got != strconv.Itoa(i) {
+			t.Fatalf("command %d printed %q", i, got)
+		}
+	}
+}
