@@ -129,9 +129,8 @@ func (c *controlChannel) run(ctx context.Context, script string) (*ExecResult, e
 	c.pending[id] = p
 	c.mu.Unlock()
 
-	msg := fmt.Sprintf("X %d %s\n", id, base64.StdEncoding.EncodeToString([]byte(script)))
 	c.wmu.Lock()
-	_, err := c.conn.Write([]byte(msg))
+	_, err := c.conn.Write(requestLines(id, script))
 	c.wmu.Unlock()
 	if err != nil {
 		c.forget(id)
@@ -158,6 +157,21 @@ func (c *controlChannel) forget(id int) {
 }
 
 func (c *controlChannel) close() error { return c.conn.Close() }
+
+// maxPart is the base64 carried by one request line: the guest reads its
+// port in canonical mode, whose lines hold at most 4095 bytes.
+const maxPart = 3000
+
+// requestLines encodes a script as P lines and a final X line.
+func requestLines(id int, script string) []byte {
+	b64 := base64.StdEncoding.EncodeToString([]byte(script))
+	var msg []byte
+	for len(b64) > maxPart {
+		msg = fmt.Appendf(msg, "P %d %s\n", id, b64[:maxPart])
+		b64 = b64[maxPart:]
+	}
+	return fmt.Appendf(msg, "X %d %s\n", id, b64)
+}
 
 // ShellQuote quotes argv so that sh runs exactly that command.
 func ShellQuote(argv []string) string {
