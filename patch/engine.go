@@ -118,15 +118,19 @@ func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
 	e.slots[s.index] = p
 	e.patches = append(e.patches, p)
 
-	// Load: the pages and their mapping. Nothing refers to them yet.
-	p.loadPause, err = e.m.WithPaused(ctx, func(g *gdbstub.Client) error {
-		if err := e.mapSlot(g, s, img.Pages); err != nil {
-			e.unmapSlot(g, s)
-			return err
+	// Load: the pages and their mapping, one short pause per step. Nothing
+	// refers to them until the switch.
+	steps, err := e.loadSteps(s, img.Pages)
+	for _, step := range steps {
+		if err != nil {
+			break
 		}
-		return nil
-	})
+		var d time.Duration
+		d, err = e.m.WithPaused(ctx, step)
+		p.loadPause = max(p.loadPause, d)
+	}
 	if err != nil {
+		e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.unmapSlot(g, s) })
 		return nil, e.fail(p, fmt.Errorf("apply %s: load into slot %d: %w", p.name, s.index, err))
 	}
 	// Switch: the jumps, all in one pause.

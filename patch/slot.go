@@ -106,22 +106,17 @@ func (e *Engine) allocSlot() (*slot, error) {
 	return nil, fmt.Errorf("no free 2 MiB entry in the kernel-image window after _end")
 }
 
-// mapSlot writes the slot's page table (the patch's pages with their
-// permissions), the pages, and last the PMD entry that makes them visible.
-// Precondition: the VM is paused (g is usable).
-func (e *Engine) mapSlot(g *gdbstub.Client, s *slot, pages []Page) error {
-	var cur [8]byte
-	if err := e.m.ReadPhys(s.pmd, cur[:]); err != nil {
-		return err
-	}
-	if binary.LittleEndian.Uint64(cur[:]) != 0 {
-		return fmt.Errorf("PMD entry at %#x for %#x is in use by the guest", s.pmd, s.va)
-	}
+// loadSteps returns the writes that load pages into slot s, each small
+// enough for a short pause of its own: the slot's page table, then each
+// page, and last the PMD entry that makes them visible. Until that last
+// step nothing in the guest can reach the slot, so the steps may run in
+// separate pauses with the guest running in between.
+func (e *Engine) loadSteps(s *slot, pages []Page) ([]func(g *gdbstub.Client) error, error) {
 	table := make([]byte, 4096)
 	for _, p := range pages {
 		off := p.Addr - s.va
 		if p.Addr < s.va+4096 || off >= layout.SlotSize || off%4096 != 0 || len(p.Data) != 4096 {
-			return fmt.Errorf("patch page at %#x does not fit slot %#x", p.Addr, s.va)
+			return nil, fmt.Errorf("patch page at %#x does not fit slot %#x", p.Addr, s.va)
 		}
 		pte := (s.pa + off) | introspect.PTEPresent | pteAccessed | e.win.global
 		switch p.Perm {
@@ -131,21 +126,29 @@ func (e *Engine) mapSlot(g *gdbstub.Client, s *slot, pages []Page) error {
 		case PermRW:
 			pte |= introspect.PTEWrite | pteDirty | introspect.PTENX
 		default:
-			return fmt.Errorf("patch page at %#x has no permission", p.Addr)
+			return nil, fmt.Errorf("patch page at %#x has no permission", p.Addr)
 		}
 		binary.LittleEndian.PutUint64(table[8*(off/4096):], pte)
 	}
-	if err := physWrite(g, s.pa, table); err != nil {
-		return err
+	steps := []func(g *gdbstub.Client) error{
+		func(g *gdbstub.Client) error { return physWrite(g, s.pa, table) },
 	}
 	for _, p := range pages {
-		if err := physWrite(g, s.pa+(p.Addr-s.va), p.Data); err != nil {
+		steps = append(steps, func(g *gdbstub.Client) error { return physWrite(g, s.pa+(p.Addr-s.va), p.Data) })
+	}
+	steps = append(steps, func(g *gdbstub.Client) error {
+		var cur [8]byte
+		if err := e.m.ReadPhys(s.pmd, cur[:]); err != nil {
 			return err
 		}
-	}
-	var pmd [8]byte
-	binary.LittleEndian.PutUint64(pmd[:], s.pa|pmdTable)
-	return physWrite(g, s.pmd, pmd[:])
+		if binary.LittleEndian.Uint64(cur[:]) != 0 {
+			return fmt.Errorf("PMD entry at %#x for %#x is in use by the guest", s.pmd, s.va)
+		}
+		var pmd [8]byte
+		binary.LittleEndian.PutUint64(pmd[:], s.pa|pmdTable)
+		return physWrite(g, s.pmd, pmd[:])
+	})
+	return steps, nil
 }
 
 // unmapSlot clears the PMD entry, flushes every vCPU's TLB, and clears the

@@ -60,7 +60,7 @@ type Patch struct {
 	text        []introspect.Range // the patch's executable pages
 	state       State
 	history     []Event
-	loadPause   time.Duration
+	loadPause   time.Duration // the longest of the load's pauses
 	pause       time.Duration // the switch pause of the last transition
 	commitAfter time.Duration // from the switch to commit (or to rolled-back)
 	holders     []introspect.Holder
