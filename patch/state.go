@@ -65,7 +65,7 @@ type Patch struct {
 	commitAfter time.Duration // from the switch to commit (or to rolled-back)
 	holders     []introspect.Holder
 	checks      int
-	checkErr    string // the last stack check's failure, if it failed
+	checkErr    string        // the last stack check's failure, if it failed
 	done        chan struct{} // closed when a transition settles; replaced per transition
 }
 
