@@ -115,6 +115,9 @@ func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
 		release: mod.Release, funcs: funcs, slot: s, text: textRanges(img.Text), state: StateLoading,
 		history: []Event{{State: StateLoading, At: time.Now()}}, done: make(chan struct{}),
 	}
+	for _, w := range img.Warnings {
+		p.warnings = append(p.warnings, fmt.Sprintf("WARN at %s:%d in patch code is a NOP: the kernel knows no bug table for patch code", w.File, w.Line))
+	}
 	e.slots[s.index] = p
 	e.patches = append(e.patches, p)
 

@@ -66,6 +66,7 @@ type Patch struct {
 	holders     []introspect.Holder
 	checks      int
 	checkErr    string        // the last stack check's failure, if it failed
+	warnings    []string      // WARN sites of the patch that lucos turned into NOPs
 	done        chan struct{} // closed when a transition settles; replaced per transition
 }
 
@@ -84,6 +85,7 @@ type Info struct {
 	CommitMS    float64             `json:"commit_ms"`
 	Checks      int                 `json:"stack_checks"`
 	CheckError  string              `json:"check_error,omitempty"`
+	Warnings    []string            `json:"warnings,omitempty"`
 	HeldBy      []introspect.Holder `json:"held_by,omitempty"`
 	History     []Event             `json:"history"`
 }
@@ -96,7 +98,7 @@ func (p *Patch) Info() Info {
 		ID: p.id, Name: p.name, Description: p.description, BuildID: p.buildID, Release: p.release,
 		State: p.state, Funcs: append([]Func(nil), p.funcs...),
 		LoadPauseUS: us(p.loadPause), PauseUS: us(p.pause),
-		CommitMS: float64(p.commitAfter.Microseconds()) / 1e3, Checks: p.checks, CheckError: p.checkErr,
+		CommitMS: float64(p.commitAfter.Microseconds()) / 1e3, Checks: p.checks, CheckError: p.checkErr, Warnings: p.warnings,
 		HeldBy: append([]introspect.Holder(nil), p.holders...), History: append([]Event(nil), p.history...),
 	}
 	if p.slot != nil {

@@ -109,6 +109,9 @@ func printPatch(in *patch.Info, asJSON bool) error {
 		fmt.Printf(", settled after %.2f ms", in.CommitMS)
 	}
 	fmt.Println()
+	for _, w := range in.Warnings {
+		fmt.Fprintln(os.Stderr, "warning:", w)
+	}
 	for _, h := range in.HeldBy {
 		fmt.Printf("  held up by pid %d (%s): %s %#x\n", h.PID, h.Comm, h.Kind, h.Value)
 	}
