@@ -51,6 +51,9 @@ type kernelView struct {
 }
 
 func (v *kernelView) get(ctx context.Context) (*introspect.Kernel, error) {
+	// The result is kept: a request that gives up must not leave its
+	// cancellation behind for every later one.
+	ctx = context.WithoutCancel(ctx)
 	v.once.Do(func() {
 		img, err := kimage.Load(ctx, v.m.KernelPath(), filepath.Join(guest.DefaultCacheDir(), "kimage"))
 		if err != nil {

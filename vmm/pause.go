@@ -73,6 +73,8 @@ func (m *Machine) WithPaused(ctx context.Context, fn func(g *gdbstub.Client) err
 
 // WaitStop waits for the running VM to stop by itself (a breakpoint or
 // watchpoint). The VM is then paused: call Resume to go on.
+// Precondition: no Pause or WithPaused runs meanwhile (the stop they cause
+// would be taken for the one awaited).
 func (m *Machine) WaitStop(ctx context.Context) (gdbstub.StopEvent, error) {
 	// The gdbstub client serialises itself; m.mu is not held while waiting
 	// so that other callers see the VM as running meanwhile.
