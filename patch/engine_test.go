@@ -102,14 +102,14 @@ func (r *rig) sh(t *testing.T, script string) string {
 	return string(res.Stdout)
 }
 
-// sleeper starts `sleep 1000` in the guest and returns its pid once it
-// sleeps in a nanosleep system call (35 or clock_nanosleep 230, state S).
-// (Not /proc/PID/wchan: the kernel's ORC unwinder has no tables for patch
-// code, so it cannot name a frame above one in a patch.)
-func (r *rig) sleeper(t *testing.T) string {
+// reader starts `cat` reading an empty pipe in the guest and returns its
+// pid once it is blocked in read(2) (syscall 0, state S). (Not
+// /proc/PID/wchan: the kernel's ORC unwinder has no tables for patch code,
+// so it cannot name a frame above one in a patch.)
+func (r *rig) reader(t *testing.T) string {
 	t.Helper()
-	return strings.TrimSpace(r.sh(t, `sleep 1000 >/dev/null 2>&1 & p=$!
-until grep -qE '^(35|230) ' /proc/$p/syscall 2>/dev/null && [ "$(cut -d' ' -f3 /proc/$p/stat)" = S ]; do sleep 0.05; done; echo $p`))
+	return strings.TrimSpace(r.sh(t, `sleep 100000 | cat >/dev/null 2>&1 & p=$!
+until grep -q '^0 ' /proc/$p/syscall 2>/dev/null && [ "$(cut -d' ' -f3 /proc/$p/stat)" = S ]; do sleep 0.05; done; echo $p`))
 }
 
 func (r *rig) apply(t *testing.T, ko []byte) *patch.Patch {
@@ -188,13 +188,13 @@ func noKernelComplaints(t *testing.T, m *vmm.Machine) {
 	}
 }
 
-// TestTerminationWaitsForBlockedTask: a task asleep inside do_nanosleep
+// TestTerminationWaitsForBlockedTask: a task blocked inside pipe_read
 // keeps the update transitioning, and the API says who; once it exits the
-// update commits. Rolling back waits for tasks asleep in patch code.
+// update commits. Rolling back waits for tasks blocked in patch code.
 func TestTerminationWaitsForBlockedTask(t *testing.T) {
 	r := newRig(t)
-	ko := buildPatch(t, "patch/testdata/hold-nanosleep")
-	pid := r.sleeper(t)
+	ko := buildPatch(t, "patch/testdata/hold-pipe-read")
+	pid := r.reader(t)
 
 	p, err := r.e.Apply(context.Background(), ko, patch.Options{Wait: true, Timeout: 2 * time.Second})
 	if err != nil {
@@ -202,17 +202,17 @@ func TestTerminationWaitsForBlockedTask(t *testing.T) {
 	}
 	in := p.Info()
 	if in.State != patch.StateTransitioning {
-		t.Fatalf("with sleep %s inside do_nanosleep the patch is %s", pid, in.State)
+		t.Fatalf("with cat %s blocked inside pipe_read the patch is %s", pid, in.State)
 	}
 	held := false
 	for _, h := range in.HeldBy {
 		held = held || fmt.Sprint(h.PID) == pid
 	}
 	if !held {
-		t.Errorf("held_by %+v does not name the sleeping pid %s", in.HeldBy, pid)
+		t.Errorf("held_by %+v does not name the blocked pid %s", in.HeldBy, pid)
 	}
-	if out := r.sh(t, "sleep 0.1; echo slept"); out != "slept\n" {
-		t.Errorf("sleep through the patch: %q", out)
+	if out := r.sh(t, "echo through-a-pipe | cat"); out != "through-a-pipe\n" {
+		t.Errorf("a pipe through the patch: %q", out)
 	}
 	r.sh(t, "kill "+pid)
 	deadline := time.Now().Add(time.Minute)
@@ -220,17 +220,17 @@ func TestTerminationWaitsForBlockedTask(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if st := p.State(); st != patch.StateCommitted {
-		t.Fatalf("after the sleeper exited the patch is %s (held by %+v)", st, p.Info().HeldBy)
+		t.Fatalf("after the reader exited the patch is %s (held by %+v)", st, p.Info().HeldBy)
 	}
 	t.Logf("committed after %.1f ms and %d stack checks", p.Info().CommitMS, p.Info().Checks)
 
-	// A task asleep now sleeps inside patch code: rollback waits for it.
-	pid = r.sleeper(t)
+	// A reader blocked now waits inside patch code: rollback waits for it.
+	pid = r.reader(t)
 	if _, err := r.e.Rollback(context.Background(), p.ID(), patch.Options{Wait: true, Timeout: 2 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	if st := p.State(); st != patch.StateReverting {
-		t.Fatalf("with a task asleep in patch code the rollback is %s", st)
+		t.Fatalf("with a reader blocked in patch code the rollback is %s", st)
 	}
 	r.sh(t, "kill "+pid)
 	deadline = time.Now().Add(time.Minute)
