@@ -119,7 +119,7 @@ func Apply(ctx context.Context, opts launch.Options, progress io.Writer) (*Resul
 	}
 	rows := []Row{
 		distribution("lucos apply: guest-visible pause of the switch", "ms", scale(pause, 1e-3)),
-		distribution("lucos apply: longest load pause (one page per pause, before the switch)", "ms", scale(load, 1e-3)),
+		distribution("lucos apply: longest load pause (one packet per pause, before the switch)", "ms", scale(load, 1e-3)),
 		distribution("lucos apply → committed", "ms", commit),
 		distribution("lucos rollback: guest-visible pause", "ms", scale(rbPause, 1e-3)),
 		distribution("lucos rollback → slot freed", "ms", rbSettle),

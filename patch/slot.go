@@ -106,9 +106,13 @@ func (e *Engine) allocSlot() (*slot, error) {
 	return nil, fmt.Errorf("no free 2 MiB entry in the kernel-image window after _end")
 }
 
+// loadPiece is the most a load step writes: one gdbstub 'M' packet (QEMU
+// drops packets over 4 KiB), so each load pause is one round trip.
+const loadPiece = 0x700
+
 // loadSteps returns the writes that load pages into slot s, each small
 // enough for a short pause of its own: the slot's page table, then each
-// page, and last the PMD entry that makes them visible. Until that last
+// page, in pieces of one packet, and last the PMD entry that makes them visible. Until that last
 // step nothing in the guest can reach the slot, so the steps may run in
 // separate pauses with the guest running in between.
 func (e *Engine) loadSteps(s *slot, pages []Page) ([]func(g *gdbstub.Client) error, error) {
@@ -130,11 +134,18 @@ func (e *Engine) loadSteps(s *slot, pages []Page) ([]func(g *gdbstub.Client) err
 		}
 		binary.LittleEndian.PutUint64(table[8*(off/4096):], pte)
 	}
-	steps := []func(g *gdbstub.Client) error{
-		func(g *gdbstub.Client) error { return physWrite(g, s.pa, table) },
+	var steps []func(g *gdbstub.Client) error
+	write := func(pa uint64, data []byte) {
+		for len(data) > 0 {
+			n := min(len(data), loadPiece)
+			piece, at := data[:n], pa
+			steps = append(steps, func(g *gdbstub.Client) error { return physWrite(g, at, piece) })
+			data, pa = data[n:], pa+uint64(n)
+		}
 	}
+	write(s.pa, table)
 	for _, p := range pages {
-		steps = append(steps, func(g *gdbstub.Client) error { return physWrite(g, s.pa+(p.Addr-s.va), p.Data) })
+		write(s.pa+(p.Addr-s.va), p.Data)
 	}
 	steps = append(steps, func(g *gdbstub.Client) error {
 		var cur [8]byte
