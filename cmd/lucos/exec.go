@@ -26,10 +26,11 @@ port; several may run at once.`,
   lucos exec --api-sock /tmp/vm.sock --json -- sh -c 'echo hi; exit 3'`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if apiSock == "" {
-				return fmt.Errorf("--api-sock is required")
+			c, err := apiClient(apiSock)
+			if err != nil {
+				return err
 			}
-			res, err := api.NewClient(apiSock).Exec(cmd.Context(), api.ExecRequest{Argv: args, Timeout: api.Duration(timeout)})
+			res, err := c.Exec(cmd.Context(), api.ExecRequest{Argv: args, Timeout: api.Duration(timeout)})
 			if err != nil {
 				return err
 			}
@@ -60,10 +61,11 @@ func newStatusCmd() *cobra.Command {
 		Use:   "status --api-sock PATH [--json]",
 		Short: "Show a running VM: state, vCPUs, accelerator, kernel, pauses",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if apiSock == "" {
-				return fmt.Errorf("--api-sock is required")
+			c, err := apiClient(apiSock)
+			if err != nil {
+				return err
 			}
-			info, err := api.NewClient(apiSock).VM(cmd.Context())
+			info, err := c.VM(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/lucos/lucos/api"
 )
 
 // exitCode is an error that carries a process exit status (lucos run -- CMD
@@ -37,6 +39,14 @@ Start with "lucos demo", or "lucos run -- uname -a" to boot the default guest
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log each step (to stderr)")
 	root.AddCommand(newRunCmd(), newExecCmd(), newStatusCmd(), newPsCmd(), newSymCmd(), newPatchCmd(), newGuestCmd(), newDemoCmd(), newBenchCmd())
 	return root
+}
+
+// apiClient is the client of the VM served on sock (the --api-sock flag).
+func apiClient(sock string) (*api.Client, error) {
+	if sock == "" {
+		return nil, fmt.Errorf("--api-sock is required: the control socket of a running `lucos run`")
+	}
+	return api.NewClient(sock), nil
 }
 
 func logger() *slog.Logger {

@@ -78,12 +78,7 @@ func (f *patchFlags) add(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&f.asJSON, "json", false, "print the patch as JSON")
 }
 
-func (f *patchFlags) client() (*api.Client, error) {
-	if f.apiSock == "" {
-		return nil, fmt.Errorf("--api-sock is required")
-	}
-	return api.NewClient(f.apiSock), nil
-}
+func (f *patchFlags) client() (*api.Client, error) { return apiClient(f.apiSock) }
 
 // run performs one patch transition through the API and prints the patch.
 func (f *patchFlags) run(op func(*api.Client) (*patch.Info, error)) error {

@@ -8,8 +8,6 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
-
-	"github.com/lucos/lucos/api"
 )
 
 func newPsCmd() *cobra.Command {
@@ -23,10 +21,11 @@ paused for a moment (no help from the guest): pid, thread group, state, CPU,
 command and the innermost kernel frames as symbol+offset. The guest's idle
 tasks (pid 0) and non-leader threads are shown with --all.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if apiSock == "" {
-				return fmt.Errorf("--api-sock is required")
+			c, err := apiClient(apiSock)
+			if err != nil {
+				return err
 			}
-			r, err := api.NewClient(apiSock).Tasks(cmd.Context())
+			r, err := c.Tasks(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -83,10 +82,11 @@ tables. A name with several static definitions needs --pos (livepatch's sympos).
   lucos sym --api-sock /tmp/vm.sock 0xffffffffa8600990`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if apiSock == "" {
-				return fmt.Errorf("--api-sock is required")
+			c, err := apiClient(apiSock)
+			if err != nil {
+				return err
 			}
-			r, err := api.NewClient(apiSock).Sym(cmd.Context(), args[0], pos)
+			r, err := c.Sym(cmd.Context(), args[0], pos)
 			if err != nil {
 				return err
 			}
