@@ -1,6 +1,7 @@
-// Package examples carries the example patches (patches/) and the in-guest
-// livepatch twin (klp/) inside the lucos binary, so that `lucos demo` and
-// `lucos bench` build them from any directory.
+// Package examples carries the example patches (patches/), the in-guest
+// livepatch twin (klp/) and the guest test modules (guestmod/) inside the
+// lucos binary, so that `lucos demo`, `lucos bench` and the tests build
+// them from any directory.
 package examples
 
 import (
@@ -11,11 +12,12 @@ import (
 	"path/filepath"
 )
 
-//go:embed patches/*/*.c patches/*/*.h klp/*/*.c klp/*/Kbuild
+//go:embed patches/*/*.c patches/*/*.h klp/*/*.c klp/*/Kbuild guestmod/*/*.c guestmod/*/*.h guestmod/*/Kbuild
 var files embed.FS
 
-// Extract writes the example at path (e.g. "patches/cmdline-string" or
-// "klp/cmdline-klp") into a new directory under dir and returns it.
+// Extract writes the example at path (e.g. "patches/cmdline-string",
+// "klp/cmdline-klp" or "guestmod/lucos_bugs") into a new directory under
+// dir and returns it.
 func Extract(path, dir string) (string, error) {
 	src, err := fs.Sub(files, path)
 	if err != nil {
