@@ -252,12 +252,14 @@ func (kb *kbuild) diagnose(stderr string) ([]Diagnostic, []string) {
 }
 
 // rewrite makes paths in kbuild's output name the user's files: the temp
-// dir becomes the patch directory, the embedded header its place in the SDK.
+// dir becomes the patch directory, the embedded header and runtime their
+// places in the SDK.
 func (kb *kbuild) rewrite(s string) string {
 	if kb.tmp == "" {
 		return s
 	}
 	s = strings.ReplaceAll(s, filepath.Join(kb.tmp, "include")+"/", "sdk/include/")
+	s = strings.ReplaceAll(s, filepath.Join(kb.tmp, "runtime")+"/", "sdk/runtime/")
 	return strings.ReplaceAll(s, kb.tmp+"/", kb.srcDir+"/")
 }
 

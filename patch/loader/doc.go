@@ -12,6 +12,12 @@
 // Parse checks everything that needs no kernel: the ELF header (ET_REL,
 // x86-64), .lucos.meta (magic, ABI 1), the descriptors, the release in
 // .modinfo's vermagic, relocation types, and sections lucos cannot honour.
+// For data updates (.lucos.data) and callbacks (.lucos.callbacks) it also
+// checks kinds and flags, that every function and new variable is the
+// patch's own, that the patch carries the runtime that runs them
+// (sdk/runtime/lucos_rt.c: __lucos_call, __lucos_trampoline,
+// __lucos_rt_exit) and, when the module has DWARF, each function's
+// prototype; it lists them in declaration order.
 // Link reads the running kernel through a Target (*introspect.Kernel):
 // symbols with the KASLR slide, BTF layouts, CPU features, static keys and
 // the first bytes of each function to replace. Every refusal is a
@@ -43,6 +49,12 @@
 //     whose entry is the ftrace NOP 0f 1f 44 00 00; a call there means ftrace
 //     or Linux livepatch owns it, a jump into the kernel-image window means it
 //     is already redirected.
+//   - Each LUCOS_DATA variable and data-callback symbol must be writable
+//     kernel data — kallsyms d/D/b/B between _sdata and _edata or
+//     __bss_start and __bss_stop (kallsyms calls .rodata D) — at least as
+//     large as the patch declares it; a function callback's symbol must be
+//     a function. Image.Data, Image.Callbacks and Image.Runtime give the
+//     engine their runtime addresses.
 //
 // Static branches are set once, from the key's state at link time: the
 // kernel does not know the patch's sites, so a key that changes later does
@@ -71,7 +83,9 @@
 //	.altinstr_aux               load     static_cpu_has() slow path, jumped to from code
 //	.rodata                     load     read-only data
 //	.rodata.*                   load     read-only data, strings, constants
-//	.lucos.*                    load     lucos descriptors (kept RO in the guest for callbacks of later ABI versions; unknown .lucos.* sections are loaded and ignored)
+//	.lucos.data                 load     LUCOS_DATA descriptors: read by Parse (Module.Data), resolved by Link (Image.Data); loaded RO like every descriptor
+//	.lucos.callbacks            load     callback descriptors: read by Parse (Module.Callbacks), resolved by Link (Image.Callbacks); loaded RO
+//	.lucos.*                    load     the other lucos descriptors (.lucos.meta, .lucos.funcs, .lucos.sympos): read by Parse, loaded RO; an unknown .lucos.* section is loaded and ignored
 //	.data..percpu               refuse   per-CPU variables in a patch would need a per-CPU allocation lucos does not make
 //	.data                       load     data
 //	.data.*                     load     data (.data.once of WARN_ONCE, .data..read_mostly, .data..ro_after_init: RW, as no init code seals it)

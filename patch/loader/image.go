@@ -54,6 +54,37 @@ type Func struct {
 	NewName  string        // the replacement's symbol in the patch
 }
 
+// Data is one LUCOS_DATA linked: the kernel variable at OldAddr and its
+// new version at NewAddr in the patch, with the runtime addresses of the
+// transfer functions (void transfer(const OLD *, NEW *), void
+// reverse(const NEW *, OLD *)). The engine watches Spec.OldSize bytes at
+// OldAddr and Spec.NewSize at NewAddr.
+type Data struct {
+	Spec              DataSpec
+	Old               kimage.Symbol // the kernel variable, at its link-time address
+	OldAddr, NewAddr  uint64
+	Transfer, Reverse uint64
+}
+
+// Callback is one callback linked: Fn is its runtime address; Sym and
+// SymAddr are the function (func callbacks) or variable (data callbacks)
+// it is about, SymAddr 0 if none. A data callback on the patch's own
+// variable has a Sym made from the patch's symbol (type 'd').
+type Callback struct {
+	Spec    CallbackSpec
+	Sym     kimage.Symbol
+	SymAddr uint64
+	Fn      uint64
+}
+
+// Runtime holds the runtime addresses of what lucos calls in the patch's
+// runtime (sdk/runtime/lucos_rt.c): __lucos_call, __lucos_trampoline and
+// __lucos_rt_exit. All are 0 for a patch built without the runtime, which
+// then has no data updates and no callbacks.
+type Runtime struct {
+	Call, Trampoline, Exit uint64
+}
+
 // JumpSite is one static branch in patch code, set from its key's state at
 // link time. The kernel does not know the site: if the key changes later,
 // the site does not follow (the engine may re-check kernel keys under pause).
@@ -108,6 +139,10 @@ type Image struct {
 	Text     []Range   // executable ranges: where patch code runs (rollback's stack scans)
 	Funcs    []Func    // redirects, in .lucos.funcs order
 	Symbols  []Symbol  // the patch's own function and object symbols
+
+	Data      []Data     // data updates, in Module.Data order
+	Callbacks []Callback // callbacks, in Module.Callbacks order (declaration order)
+	Runtime   Runtime
 
 	JumpSites []JumpSite
 	Warnings  []Warning

@@ -14,7 +14,11 @@ import (
 )
 
 // Target is what the loader needs of the running kernel.
-// *introspect.Kernel implements it.
+// *introspect.Kernel implements it. A Target whose Symbol also resolves
+// the symbols of loaded modules implements ModuleData(addr, size uint64)
+// bool, true when [addr, addr+size) lies inside one loaded module: the
+// loader then accepts a module's writable data for LUCOS_DATA and data
+// callbacks.
 type Target interface {
 	// Symbol returns a kernel symbol and its runtime address (KASLR
 	// applied); pos 0 means the name must be unique. Errors wrap
@@ -67,6 +71,9 @@ func (m *Module) Link(t Target, base, size uint64) (*Image, error) {
 		l.applyJumpTable,
 		l.applyBugTable,
 		l.checkFuncs,
+		l.linkData,
+		l.linkCallbacks,
+		l.linkRuntime,
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
@@ -91,6 +98,9 @@ type linker struct {
 	dropped map[int][]uint64
 
 	funcs               []Func
+	data                []Data
+	callbacks           []Callback
+	runtime             Runtime
 	jumps               []JumpSite
 	warnings            []Warning
 	altApplied, altKept int
@@ -335,7 +345,8 @@ func (l *linker) image() *Image {
 	m := l.m
 	im := &Image{Name: m.Name, BuildID: m.BuildID, Release: m.Release,
 		Base: l.base, Size: l.used,
-		Funcs: l.funcs, JumpSites: l.jumps, Warnings: l.warnings,
+		Funcs: l.funcs, Data: l.data, Callbacks: l.callbacks, Runtime: l.runtime,
+		JumpSites: l.jumps, Warnings: l.warnings,
 		AltApplied: l.altApplied, AltKept: l.altKept}
 	for off := uint64(0); off < l.used; off += PageSize {
 		im.Pages = append(im.Pages, Page{Addr: l.base + off, Data: make([]byte, PageSize)})

@@ -33,13 +33,16 @@ type Module struct {
 	Vermagic    string
 	BuildID     string // hex of the GNU build-id note, "" if none
 	Funcs       []FuncSpec
-	SymPos      []SymPos      // LUCOS_SYMPOS entries
-	Sections    []SectionInfo // every SHF_ALLOC section and what the loader does with it
+	SymPos      []SymPos       // LUCOS_SYMPOS entries
+	Data        []DataSpec     // LUCOS_DATA entries, in declaration order
+	Callbacks   []CallbackSpec // callbacks, in declaration order (files in link order)
+	Sections    []SectionInfo  // every SHF_ALLOC section and what the loader does with it
 
 	secs    []*section // by ELF section index
 	syms    []symbol   // by ELF symbol index; 0 is the null symbol
 	sympos  map[string]int
-	metaSec int // index of .lucos.meta
+	metaSec int              // index of .lucos.meta
+	runtime map[string]place // the runtime's entry points (__lucos_call...) the patch defines
 }
 
 // FuncSpec is one LUCOS_REPLACE: redirect OldName (sympos Pos, 0 = unique)
@@ -79,7 +82,26 @@ type section struct {
 	data   []byte // nil for SHT_NOBITS
 	treat  Treatment
 	perm   Perm
-	relocs []reloc // RELA entries targeting this section (only for Load and Consume)
+	relocs []reloc        // RELA entries targeting this section (only for Load and Consume)
+	byOff  map[uint64]int // index in relocs of the first relocation at each offset (descriptor reads)
+}
+
+// relocAt returns the first relocation at off, indexing them on first use:
+// descriptors look up one per pointer.
+func (s *section) relocAt(off uint64) (reloc, bool) {
+	if s.byOff == nil {
+		s.byOff = make(map[uint64]int, len(s.relocs))
+		for i, r := range s.relocs {
+			if _, dup := s.byOff[r.off]; !dup {
+				s.byOff[r.off] = i
+			}
+		}
+	}
+	i, ok := s.byOff[off]
+	if !ok {
+		return reloc{}, false
+	}
+	return s.relocs[i], true
 }
 
 func (s *section) alloc() bool { return s.flags&elf.SHF_ALLOC != 0 }
@@ -116,8 +138,10 @@ var relocSize = map[elf.R_X86_64]uint64{
 
 // Parse reads a patch module built by `lucos patch build` (kbuild with
 // lucos/patch.h) and checks everything that needs no kernel: the ELF
-// header, the lucos descriptors, the release it was built for, and the
-// sections and relocation types the loader cannot honour.
+// header, the lucos descriptors, the release it was built for, the
+// sections and relocation types the loader cannot honour, and — for data
+// updates and callbacks — the runtime they need and, where the module has
+// DWARF, their functions' prototypes.
 func Parse(ko []byte) (*Module, error) {
 	f, err := elf.NewFile(bytes.NewReader(ko))
 	if err != nil {
@@ -131,7 +155,7 @@ func Parse(ko []byte) (*Module, error) {
 	case f.Type != elf.ET_REL:
 		return nil, formatErr("", 0, "%v, not a relocatable object (a kernel module .ko)", f.Type)
 	}
-	m := &Module{sympos: map[string]int{}, metaSec: -1}
+	m := &Module{sympos: map[string]int{}, metaSec: -1, runtime: map[string]place{}}
 	if err := m.readSections(f); err != nil {
 		return nil, err
 	}
@@ -149,6 +173,18 @@ func Parse(ko []byte) (*Module, error) {
 	}
 	m.readBuildID()
 	if err := m.readDescriptors(); err != nil {
+		return nil, err
+	}
+	if err := m.readData(); err != nil {
+		return nil, err
+	}
+	if err := m.readCallbacks(); err != nil {
+		return nil, err
+	}
+	if err := m.readRuntime(); err != nil {
+		return nil, err
+	}
+	if err := m.checkSignatures(f); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -519,16 +555,14 @@ func (m *Module) posAt(s *section, off uint64) (int, error) {
 // pointerAt returns the symbol and addend of the R_X86_64_64 relocation
 // that fills the pointer at s+off.
 func (m *Module) pointerAt(s *section, off uint64) (symbol, int64, error) {
-	for _, r := range s.relocs {
-		if r.off != off {
-			continue
-		}
-		if r.typ != elf.R_X86_64_64 {
-			return symbol{}, 0, formatErr(s.name, off, "pointer filled by %v, want R_X86_64_64", r.typ)
-		}
-		return m.syms[r.sym], r.addend, nil
+	r, ok := s.relocAt(off)
+	if !ok {
+		return symbol{}, 0, formatErr(s.name, off, "pointer without a relocation (NULL)")
 	}
-	return symbol{}, 0, formatErr(s.name, off, "pointer without a relocation (NULL)")
+	if r.typ != elf.R_X86_64_64 {
+		return symbol{}, 0, formatErr(s.name, off, "pointer filled by %v, want R_X86_64_64", r.typ)
+	}
+	return m.syms[r.sym], r.addend, nil
 }
 
 // stringAt reads the C string a descriptor's pointer at s+off points to.
