@@ -66,6 +66,11 @@ type Machine struct {
 	paused bool
 	stop   gdbstub.StopEvent // the stop that began the current pause
 	pauses *PauseLog
+	// trap handles stops of breakpoints and watchpoints lucos set; the
+	// trap loop learns of each run through trapKick (see trap.go).
+	trap     TrapHandler
+	trapKick chan struct{}
+	trapStop context.CancelFunc
 
 	closeOnce sync.Once
 }

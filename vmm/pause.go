@@ -30,6 +30,11 @@ func (m *Machine) pauseLocked(ctx context.Context) error {
 		return fmt.Errorf("pause: %w", err)
 	}
 	m.paused, m.stop = true, ev
+	if m.trap != nil && isTrap(ev) {
+		// A trap beat the interrupt: handle it first, then the caller
+		// has its pause.
+		m.trap(m.gdb, ev)
+	}
 	return nil
 }
 
@@ -49,6 +54,7 @@ func (m *Machine) resumeLocked() (time.Duration, error) {
 		return 0, fmt.Errorf("resume: %w", err)
 	}
 	m.paused = false
+	m.kickTrapLoop()
 	d := sent.Sub(m.stop.At)
 	m.pauses.Add(d)
 	return d, nil

@@ -135,6 +135,9 @@ func (m *Machine) HumanMonitor(cmd string) (string, error) {
 // safe to call more than once and on a half-started Machine.
 func (m *Machine) Close() error {
 	m.closeOnce.Do(func() {
+		if m.trapStop != nil {
+			m.trapStop()
+		}
 		if m.proc != nil && m.proc.Process != nil {
 			select {
 			case <-m.exited:
