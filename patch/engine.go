@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lucos/lucos/gdbstub"
@@ -49,6 +50,14 @@ type Engine struct {
 	patches []*Patch   // in the order they were applied
 	slots   [layout.Slots]*Patch
 	nextID  int
+
+	// Only touched with the VM stopped and the Machine's lock held (in
+	// WithPaused or in the trap handler), which serialises them.
+	traps trapSet    // watches and breakpoints lucos keeps in the guest
+	stray *strayCall // a guest call that timed out and has not returned
+	hook  uint64     // `schedule`: where a busy guest is caught in kernel mode
+
+	calls, slowCalls atomic.Int64 // guest calls made; those that needed every vCPU
 }
 
 // Options for Apply and Rollback.
@@ -71,12 +80,21 @@ func New(m *vmm.Machine, k *introspect.Kernel, log *slog.Logger) (*Engine, error
 	if err != nil {
 		return nil, fmt.Errorf("patch engine: %w", err)
 	}
+	hook, err := k.Addr("schedule", 0)
+	if err != nil {
+		return nil, fmt.Errorf("patch engine: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Engine{m: m, k: k, win: win, log: log, ctx: ctx, cancel: cancel}, nil
+	e := &Engine{m: m, k: k, win: win, log: log, ctx: ctx, cancel: cancel, hook: hook}
+	m.SetTrapHandler(e.onTrap)
+	return e, nil
 }
 
-// Close stops background termination checks.
-func (e *Engine) Close() { e.cancel() }
+// Close stops background termination checks and trap handling.
+func (e *Engine) Close() {
+	e.cancel()
+	e.m.SetTrapHandler(nil)
+}
 
 // Apply links the patch module ko for the running kernel, loads it into a
 // free slot, redirects its old functions in one pause of all vCPUs, and
@@ -101,7 +119,11 @@ func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
 	if err != nil {
 		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
 	}
-	img, err := mod.Link(e.k, s.va+4096, layout.SlotSize-4096)
+	t, err := e.newTarget()
+	if err != nil {
+		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
+	}
+	img, err := mod.Link(t, s.va+4096, layout.SlotSize-4096)
 	if err != nil {
 		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
 	}
@@ -114,6 +136,8 @@ func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
 		id: strconv.Itoa(e.nextID), name: mod.Name, description: mod.Description, buildID: mod.BuildID,
 		release: mod.Release, funcs: funcs, slot: s, text: textRanges(img.Text), state: StateLoading,
 		history: []Event{{State: StateLoading, At: time.Now()}}, done: make(chan struct{}),
+		rt: img.Runtime, data: dataItems(img), callbacks: img.Callbacks,
+		threadSeen: map[uint64]bool{}, callbackRuns: map[string]int{},
 	}
 	for _, w := range img.Warnings {
 		p.warnings = append(p.warnings, fmt.Sprintf("WARN at %s:%d in patch code is a NOP: the kernel knows no bug table for patch code", w.File, w.Line))
@@ -136,9 +160,13 @@ func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
 		e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.unmapSlot(g, s) })
 		return nil, e.fail(p, fmt.Errorf("apply %s: load into slot %d: %w", p.name, s.index, err))
 	}
-	// Switch: the jumps, all in one pause.
+	if err := e.startup(ctx, p); err != nil {
+		e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.unmapSlot(g, s) })
+		return nil, e.fail(p, fmt.Errorf("apply %s: %w", p.name, err))
+	}
+	// Switch: transfers, watches, hooks and jumps, all in one pause.
 	switchAt := time.Now()
-	p.pause, err = e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.install(g, funcs) })
+	p.pause, err = e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.switchIn(ctx, g, p) })
 	if err != nil {
 		e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.unmapSlot(g, s) })
 		return nil, e.fail(p, fmt.Errorf("apply %s: %w", p.name, err))
@@ -181,6 +209,16 @@ func (e *Engine) checkFuncs(name string, img *loader.Image) ([]Func, error) {
 // an old function, the patch is committed.
 func (e *Engine) terminate(p *Patch, switchAt time.Time) {
 	err := e.waitClear(e.ctx, p, oldRanges(p.funcs))
+	// e.mu keeps a rollback from starting between the watches' removal
+	// and the commit.
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err == nil && p.State() == StateTransitioning {
+		// The coherence window closes with the update.
+		if uerr := e.unwatch(e.ctx, p); uerr != nil {
+			p.noteTrapError(fmt.Errorf("drop watches at commit: %w", uerr))
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.state != StateTransitioning {

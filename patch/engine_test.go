@@ -19,6 +19,7 @@ import (
 	"github.com/lucos/lucos/internal/testvm"
 	"github.com/lucos/lucos/introspect"
 	"github.com/lucos/lucos/kimage"
+	"github.com/lucos/lucos/launch"
 	"github.com/lucos/lucos/patch"
 	"github.com/lucos/lucos/patch/build"
 	"github.com/lucos/lucos/vmm"
@@ -75,12 +76,18 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
+	return newRigWith(t, testvm.Options(t))
+}
+
+// newRigWith boots the guest with launch options o.
+func newRigWith(t *testing.T, o launch.Options) *rig {
+	t.Helper()
 	img := testvm.Image(t)
 	ki, err := kimage.Load(context.Background(), img.Kernel, img.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := testvm.Boot(t)
+	m := testvm.Boot(t, o)
 	k, err := introspect.Attach(context.Background(), m, ki)
 	if err != nil {
 		t.Fatal(err)

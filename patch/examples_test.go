@@ -136,6 +136,9 @@ func TestRefusals(t *testing.T) {
 			"mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; echo cmdline_proc_show > /sys/kernel/tracing/set_ftrace_filter && echo function > /sys/kernel/tracing/current_tracer",
 			"traced by ftrace"},
 		{"not an ELF file", func(*testing.T) []byte { return []byte("hello") }, "", "ELF"},
+		{"data update of read-only data", func(t *testing.T) []byte { return buildPatch(t, "examples/patches/bad/bad-data-rodata") }, "", "not kernel data"},
+		{"callback on a missing function", func(t *testing.T) []byte { return buildPatch(t, "examples/patches/bad/bad-callback-missing") }, "", "lucos_no_such_function"},
+		{"watch on a function", func(t *testing.T) []byte { return buildPatch(t, "examples/patches/bad/bad-watch-function") }, "", "not kernel data"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

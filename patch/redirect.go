@@ -62,7 +62,7 @@ func (e *Engine) install(g *gdbstub.Client, funcs []Func) error {
 		}
 		jmp, err := jmpTo(f.OldAddr, f.New)
 		if err == nil {
-			err = e.writeText(g, f.OldAddr, jmp)
+			err = e.writeVirt(g, f.OldAddr, jmp)
 		}
 		if err != nil {
 			return e.undoInstall(g, funcs[:i], err)
@@ -73,7 +73,7 @@ func (e *Engine) install(g *gdbstub.Client, funcs []Func) error {
 
 func (e *Engine) undoInstall(g *gdbstub.Client, done []Func, cause error) error {
 	for _, f := range done {
-		if err := e.writeText(g, f.OldAddr, f.Orig); err != nil {
+		if err := e.writeVirt(g, f.OldAddr, f.Orig); err != nil {
 			return fmt.Errorf("%w; and restoring %s failed: %v (guest left with a partial redirect)", cause, f.Name, err)
 		}
 	}
@@ -96,11 +96,11 @@ func (e *Engine) restore(g *gdbstub.Client, funcs []Func) error {
 		}
 	}
 	for i, f := range funcs {
-		if err := e.writeText(g, f.OldAddr, f.Orig); err != nil {
+		if err := e.writeVirt(g, f.OldAddr, f.Orig); err != nil {
 			// Put the jumps back so the functions are consistent again.
 			for _, d := range funcs[:i] {
 				j, _ := jmpTo(d.OldAddr, d.New)
-				e.writeText(g, d.OldAddr, j)
+				e.writeVirt(g, d.OldAddr, j)
 			}
 			return err
 		}
@@ -108,10 +108,11 @@ func (e *Engine) restore(g *gdbstub.Client, funcs []Func) error {
 	return nil
 }
 
-// writeText writes kernel text at a virtual address through QEMU in
-// physical mode (kernel text is read-only and, under PTI, absent from user
-// page tables; physical writes bypass both), splitting at page boundaries.
-func (e *Engine) writeText(g *gdbstub.Client, va uint64, data []byte) error {
+// writeVirt writes kernel memory (text, or a kernel stack) at a virtual
+// address through QEMU in physical mode (kernel text is read-only and,
+// under PTI, absent from user page tables; physical writes bypass both),
+// splitting at page boundaries.
+func (e *Engine) writeVirt(g *gdbstub.Client, va uint64, data []byte) error {
 	for len(data) > 0 {
 		m, err := e.k.Walker.Translate(va)
 		if err != nil {

@@ -49,7 +49,9 @@ func (e *Engine) rollback(ctx context.Context, id string) (*Patch, error) {
 		return nil, fmt.Errorf("rollback %s: %w (it is %s)", id, ErrBadState, st)
 	}
 	switchAt := time.Now()
-	pause, err := e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.restore(g, p.funcs) })
+	pause, err := e.m.WithPaused(ctx, func(g *gdbstub.Client) error {
+		return e.switchOut(ctx, g, p, st == StateTransitioning)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("rollback %s: %w", id, err)
 	}
@@ -72,7 +74,15 @@ func (e *Engine) release(p *Patch, switchAt time.Time) {
 		e.log.Warn("rollback: stack check stopped; slot stays mapped", "id", p.id, "err", err)
 		return
 	}
-	_, err := e.m.WithPaused(e.ctx, func(g *gdbstub.Client) error { return e.unmapSlot(g, p.slot) })
+	_, err := e.m.WithPaused(e.ctx, func(g *gdbstub.Client) error {
+		if err := e.traps.dropWatches(g, p); err != nil {
+			return err
+		}
+		if err := e.cleanup(e.ctx, g, p); err != nil {
+			return err
+		}
+		return e.unmapSlot(g, p.slot)
+	})
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	p.mu.Lock()

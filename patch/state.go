@@ -2,10 +2,13 @@ package patch
 
 import (
 	"fmt"
+	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lucos/lucos/introspect"
+	"github.com/lucos/lucos/patch/loader"
 )
 
 // State is where a patch is in its life.
@@ -68,6 +71,38 @@ type Patch struct {
 	checkErr    string        // the last stack check's failure, if it failed
 	warnings    []string      // WARN sites of the patch that lucos turned into NOPs
 	done        chan struct{} // closed when a transition settles; replaced per transition
+
+	// Data updates and callbacks (data.go).
+	rt           loader.Runtime // the patch runtime's entry points
+	data         []*dataItem
+	callbacks    []loader.Callback
+	threadSeen   map[uint64]bool // tasks the thread callbacks have run for
+	callbackRuns map[string]int  // by kind
+	shadowsFreed int
+	watching     bool         // its watches are in the guest
+	trapErr      string       // the last failure while handling a trap
+	traps        atomic.Int64 // trapped writes to watched instances
+	transfers    atomic.Int64 // state-transfer calls (forward and reverse)
+}
+
+// countCallback counts one run of a callback of kind.
+func (p *Patch) countCallback(kind string) {
+	p.mu.Lock()
+	p.callbackRuns[kind]++
+	p.mu.Unlock()
+}
+
+func (p *Patch) setWatching(on bool) {
+	p.mu.Lock()
+	p.watching = on
+	p.mu.Unlock()
+}
+
+// noteTrapError records a failure in the guest-side work of the patch.
+func (p *Patch) noteTrapError(err error) {
+	p.mu.Lock()
+	p.trapErr = err.Error()
+	p.mu.Unlock()
 }
 
 // Info is a patch as the API and CLI show it.
@@ -87,7 +122,24 @@ type Info struct {
 	CheckError  string              `json:"check_error,omitempty"`
 	Warnings    []string            `json:"warnings,omitempty"`
 	HeldBy      []introspect.Holder `json:"held_by,omitempty"`
-	History     []Event             `json:"history"`
+	// Data updates and callbacks.
+	Data         []DataInfo     `json:"data,omitempty"`
+	Watching     bool           `json:"watching,omitempty"`  // watches are in place (the coherence window is open)
+	Traps        int64          `json:"traps"`               // trapped writes to watched instances
+	Transfers    int64          `json:"transfers"`           // state-transfer calls run in the guest
+	Callbacks    map[string]int `json:"callbacks,omitempty"` // runs by kind
+	ShadowsFreed int            `json:"shadows_freed,omitempty"`
+	TrapError    string         `json:"trap_error,omitempty"`
+	History      []Event        `json:"history"`
+}
+
+// DataInfo is one LUCOS_DATA as the API shows it.
+type DataInfo struct {
+	Name    string `json:"name"`
+	OldAddr uint64 `json:"old_addr"`
+	NewAddr uint64 `json:"new_addr"`
+	OldSize uint64 `json:"old_size"`
+	NewSize uint64 `json:"new_size"`
 }
 
 // Info snapshots the patch.
@@ -100,7 +152,15 @@ func (p *Patch) Info() Info {
 		LoadPauseUS: us(p.loadPause), PauseUS: us(p.pause),
 		CommitMS: float64(p.commitAfter.Microseconds()) / 1e3, Checks: p.checks, CheckError: p.checkErr, Warnings: p.warnings,
 		HeldBy: append([]introspect.Holder(nil), p.holders...), History: append([]Event(nil), p.history...),
+		Traps: p.traps.Load(), Transfers: p.transfers.Load(), ShadowsFreed: p.shadowsFreed, TrapError: p.trapErr,
 	}
+	for _, d := range p.data {
+		in.Data = append(in.Data, DataInfo{Name: d.name, OldAddr: d.oldAddr, NewAddr: d.newAddr, OldSize: d.oldSize, NewSize: d.newSize})
+	}
+	if len(p.callbackRuns) > 0 {
+		in.Callbacks = maps.Clone(p.callbackRuns)
+	}
+	in.Watching = p.watching
 	if p.slot != nil {
 		in.SlotBase = fmt.Sprintf("%#x", p.slot.va)
 	}

@@ -35,9 +35,13 @@ func (e *Engine) waitClear(ctx context.Context, p *Patch, ranges []introspect.Ra
 			p.holders = snap.Scan(ranges)
 		}
 		clear := err == nil && len(p.holders) == 0
+		holders := p.holders
 		p.mu.Unlock()
 		if clear {
 			return nil
+		}
+		if p.State() == StateTransitioning {
+			e.threadCallbacks(ctx, p, holders)
 		}
 		select {
 		case <-ctx.Done():

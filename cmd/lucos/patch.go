@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -110,7 +112,35 @@ func printPatch(in *patch.Info, asJSON bool) error {
 	for _, h := range in.HeldBy {
 		fmt.Printf("  held up by pid %d (%s): %s %#x\n", h.PID, h.Comm, h.Kind, h.Value)
 	}
+	if s := dataSummary(in); s != "" {
+		fmt.Println("  " + s)
+	}
+	if in.TrapError != "" {
+		fmt.Fprintln(os.Stderr, "error in the guest:", in.TrapError)
+	}
 	return nil
+}
+
+// dataSummary describes a patch's data updates and callbacks in one line.
+func dataSummary(in *patch.Info) string {
+	var parts []string
+	if len(in.Data) > 0 {
+		w := "watches dropped"
+		if in.Watching {
+			w = "watching"
+		}
+		parts = append(parts, fmt.Sprintf("data %d (%s), %d trapped writes, %d transfers", len(in.Data), w, in.Traps, in.Transfers))
+	} else if in.Traps > 0 {
+		parts = append(parts, fmt.Sprintf("%d trapped writes", in.Traps))
+	}
+	kinds := slices.Sorted(maps.Keys(in.Callbacks))
+	for _, k := range kinds {
+		parts = append(parts, fmt.Sprintf("%s callbacks %d", k, in.Callbacks[k]))
+	}
+	if in.ShadowsFreed > 0 {
+		parts = append(parts, fmt.Sprintf("%d shadow variables freed", in.ShadowsFreed))
+	}
+	return strings.Join(parts, "; ")
 }
 
 func newPatchApplyCmd() *cobra.Command {
@@ -177,13 +207,13 @@ func newPatchListCmd() *cobra.Command {
 				return enc.Encode(list)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tSTATE\tPAUSE µs\tSETTLED ms\tFUNCTIONS")
+			fmt.Fprintln(tw, "ID\tNAME\tSTATE\tPAUSE µs\tSETTLED ms\tTRAPS\tFUNCTIONS")
 			for _, in := range list {
 				var names []string
 				for _, fn := range in.Funcs {
 					names = append(names, fn.Name)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.2f\t%s\n", in.ID, in.Name, in.State, in.PauseUS, in.CommitMS, strings.Join(names, ","))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.2f\t%d\t%s\n", in.ID, in.Name, in.State, in.PauseUS, in.CommitMS, in.Traps, strings.Join(names, ","))
 			}
 			return tw.Flush()
 		},

@@ -1,0 +1,350 @@
+package patch
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/lucos/lucos/gdbstub"
+	"github.com/lucos/lucos/patch/loader"
+)
+
+// Guest calls run a function of a patch inside the guest, on one vCPU, and
+// bring that vCPU back exactly where it was. The patch runtime's
+// __lucos_call(fn, a0..a4) is entered with a return address at the
+// runtime's __lucos_trampoline, where a breakpoint ends the call:
+//
+//	save the vCPU's registers → push the trampoline on its kernel stack →
+//	rip = __lucos_call, rdi = fn, rsi.. = args → run that vCPU alone →
+//	stop at the trampoline → rax is the result → restore the registers.
+//
+// __lucos_call enters RCU's watch when the vCPU was idle. The rules it
+// follows were measured on these machines (see ../shared/DESIGN.md):
+// never call on a vCPU in user mode, kick a vCPU halted in hlt with an
+// IPI, and when the call does not come back while the other vCPUs are
+// stopped (it spins on a lock one of them holds), let every vCPU run until
+// it does; never restore registers of a call that has not returned.
+const (
+	// callAlone bounds the run of the calling vCPU alone.
+	callAlone = 50 * time.Millisecond
+	// callTimeout bounds the whole call, every vCPU running after callAlone.
+	callTimeout = time.Second
+	// pickTimeout bounds the search for a vCPU where a call may run.
+	pickTimeout = 2 * time.Second
+	// pickPoll is how long the guest runs between two looks for one.
+	pickPoll = 5 * time.Millisecond
+)
+
+// ErrCallTimeout means a guest call did not return in time.
+var ErrCallTimeout = errors.New("guest call did not return")
+
+// x86 facts the calls depend on.
+const (
+	eflagsIF    = 1 << 9
+	opHLT       = 0xf4
+	ipiVector   = 0xfd       // Linux's RESCHEDULE_VECTOR: harmless when spurious
+	msiAddrBase = 0xfee00000 // a write here is an MSI to the APIC ID in bits 12-19
+)
+
+// gprs are the registers a call changes: after a call that may have moved
+// (another vCPU reached the trampoline) only these are put back.
+var gprs = []string{"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+	"r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "eflags"}
+
+// argRegs carry __lucos_call's arguments: fn, then a0..a4.
+var argRegs = []string{"rdi", "rsi", "rdx", "rcx", "r8", "r9"}
+
+// callSite is where a guest call will run.
+type callSite struct {
+	tid  int
+	idle bool // halted in the idle loop: needs a kick
+}
+
+// call runs fn(args...) (at most 5 args) through runtime rt on the vCPU
+// of site and returns fn's result. Lucos's own breakpoints and watchpoints
+// are lifted for the call so that it runs uninterrupted.
+// Precondition: the VM is stopped (the Machine's lock is held).
+func (e *Engine) call(ctx context.Context, g *gdbstub.Client, site callSite, rt loader.Runtime, fn uint64, args ...uint64) (uint64, error) {
+	if len(args) > len(argRegs)-1 {
+		return 0, fmt.Errorf("guest call: %d arguments, at most %d", len(args), len(argRegs)-1)
+	}
+	if rt.Call == 0 || rt.Trampoline == 0 {
+		return 0, errors.New("guest call: the patch has no lucos runtime (built by an older lucos?)")
+	}
+	if e.stray != nil {
+		return 0, fmt.Errorf("guest call: %w earlier (vCPU %d); no new call until it does", ErrCallTimeout, e.stray.tid)
+	}
+	if err := e.traps.lift(g); err != nil {
+		return 0, err
+	}
+	ret, err := e.callLifted(ctx, g, site, rt, fn, args)
+	if perr := e.traps.place(g); err == nil {
+		err = perr
+	}
+	e.calls.Add(1)
+	return ret, err
+}
+
+func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSite, rt loader.Runtime, fn uint64, args []uint64) (uint64, error) {
+	tid := site.tid
+	saved, err := g.ReadRegisters(tid)
+	if err != nil {
+		return 0, err
+	}
+	if cs, _ := saved.Get("cs"); cs&3 != 0 {
+		return 0, fmt.Errorf("guest call on vCPU %d: it runs in user mode", tid)
+	}
+	rsp, err := saved.Get("rsp")
+	if err != nil {
+		return 0, err
+	}
+	// As at a call instruction: rsp+8 16-byte aligned, the return address
+	// at rsp. The kernel has no red zone, so below rsp is free.
+	sp := ((rsp - 8) &^ 0xf) - 8
+	var ret [8]byte
+	binary.LittleEndian.PutUint64(ret[:], rt.Trampoline)
+	if err := e.writeVirt(g, sp, ret[:]); err != nil {
+		return 0, fmt.Errorf("guest call: push the return address: %w", err)
+	}
+	regs := saved.Clone()
+	set := func(name string, v uint64) {
+		if err == nil {
+			err = regs.Set(name, v)
+		}
+	}
+	set("rip", rt.Call)
+	set("rsp", sp)
+	vals := append([]uint64{fn}, args...)
+	for i, r := range argRegs {
+		v := uint64(0)
+		if i < len(vals) {
+			v = vals[i]
+		}
+		set(r, v)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if err := g.WriteRegisters(tid, regs); err != nil {
+		return 0, err
+	}
+	if err := g.InsertBreakpoint(rt.Trampoline); err != nil {
+		g.WriteRegisters(tid, saved)
+		return 0, err
+	}
+	if site.idle {
+		if err := kick(g, tid); err != nil {
+			g.RemoveBreakpoint(rt.Trampoline)
+			g.WriteRegisters(tid, saved)
+			return 0, err
+		}
+	}
+	ev, err := e.runCall(ctx, g, tid, rt.Trampoline)
+	if err != nil {
+		if errors.Is(err, ErrCallTimeout) {
+			// The call still runs somewhere: its registers must not be
+			// restored now. The trampoline breakpoint stays; the trap
+			// handler finishes the call when it gets there.
+			e.stray = &strayCall{tid: tid, saved: saved, trampoline: rt.Trampoline}
+		}
+		return 0, err
+	}
+	g.RemoveBreakpoint(rt.Trampoline)
+	return finishCall(g, ev.Thread, tid, saved)
+}
+
+// runCall runs vCPU tid alone until it stops at the trampoline; if it does
+// not within callAlone, every vCPU runs until callTimeout. Other traps on
+// the way (there are none while lucos's are lifted, but a breakpoint of the
+// guest's own debugger would be one) end the call with an error.
+func (e *Engine) runCall(ctx context.Context, g *gdbstub.Client, tid int, trampoline uint64) (gdbstub.StopEvent, error) {
+	if _, err := g.ContinueThread(tid); err != nil {
+		return gdbstub.StopEvent{}, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, callAlone)
+	ev, err := g.Wait(wctx)
+	cancel()
+	if err != nil {
+		// Stop the lone vCPU; its stop may be the trampoline after all.
+		ev, err = g.Stop(context.WithoutCancel(ctx))
+		if err != nil {
+			return ev, err
+		}
+		if !e.atTrampoline(g, ev, trampoline) {
+			e.log.Warn("guest call: running every vCPU until it returns", "vcpu", tid)
+			e.slowCalls.Add(1)
+			if _, err := g.Continue(); err != nil {
+				return ev, err
+			}
+			wctx, cancel := context.WithTimeout(ctx, callTimeout-callAlone)
+			ev, err = g.Wait(wctx)
+			cancel()
+			if err != nil {
+				g.Stop(context.WithoutCancel(ctx))
+				return ev, fmt.Errorf("%w within %v on vCPU %d", ErrCallTimeout, callTimeout, tid)
+			}
+		}
+	}
+	if !e.atTrampoline(g, ev, trampoline) {
+		return ev, fmt.Errorf("guest call on vCPU %d: stopped elsewhere (%s)", tid, ev)
+	}
+	return ev, nil
+}
+
+func (e *Engine) atTrampoline(g *gdbstub.Client, ev gdbstub.StopEvent, trampoline uint64) bool {
+	if ev.Signal != gdbstub.SignalTrap || ev.Reason != "" {
+		return false
+	}
+	rip, err := g.ReadRegister(ev.Thread, "rip")
+	return err == nil && rip == trampoline
+}
+
+// finishCall reads the result on vCPU at (which reached the trampoline) and
+// restores the registers saved on vCPU from. When they are the same vCPU
+// nothing ran meanwhile that could change its control registers, and all
+// registers go back; otherwise only the general-purpose ones, rip and
+// eflags go back, onto the vCPU the call ended on.
+func finishCall(g *gdbstub.Client, at, from int, saved *gdbstub.Registers) (uint64, error) {
+	cur, err := g.ReadRegisters(at)
+	if err != nil {
+		return 0, err
+	}
+	ret, _ := cur.Get("rax")
+	if at == from {
+		return ret, g.WriteRegisters(at, saved)
+	}
+	for _, r := range gprs {
+		v, err := saved.Get(r)
+		if err == nil {
+			err = cur.Set(r, v)
+		}
+		if err != nil {
+			return ret, err
+		}
+	}
+	return ret, g.WriteRegisters(at, cur)
+}
+
+// strayCall is a guest call that timed out: when its vCPU reaches the
+// trampoline at last, the trap handler restores it.
+type strayCall struct {
+	tid        int
+	saved      *gdbstub.Registers
+	trampoline uint64
+}
+
+// finishStray completes a timed-out call that has reached its trampoline.
+func (e *Engine) finishStray(g *gdbstub.Client, tid int) error {
+	s := e.stray
+	e.stray = nil
+	g.RemoveBreakpoint(s.trampoline)
+	_, err := finishCall(g, tid, s.tid, s.saved)
+	e.log.Warn("guest call returned late; vCPU restored", "vcpu", tid, "err", err)
+	return err
+}
+
+// kick sends vCPU tid an IPI so that a vCPU halted in hlt runs: QEMU keeps
+// a halted vCPU halted through register writes. A 32-bit write to
+// 0xfee00000 | apic_id<<12 in guest-physical space is an MSI to that APIC.
+// QEMU numbers APIC IDs from 0 in vCPU order.
+func kick(g *gdbstub.Client, tid int) error {
+	var data [4]byte
+	binary.LittleEndian.PutUint32(data[:], ipiVector)
+	if err := physWrite(g, msiAddrBase|uint64(tid-1)<<12, data[:]); err != nil {
+		return fmt.Errorf("kick vCPU %d: %w", tid, err)
+	}
+	return nil
+}
+
+// pick finds a vCPU where a callback may run now: in kernel mode with
+// interrupts enabled (preferred: no kick needed), or halted in the idle
+// loop; with nmiSafe, kernel mode with interrupts off will do too. When no
+// vCPU qualifies (every one runs user code), the guest runs in short slices
+// with a breakpoint at `schedule` — entered in kernel mode with interrupts
+// on — until one does. Precondition: the VM is stopped.
+func (e *Engine) pick(ctx context.Context, g *gdbstub.Client, nmiSafe bool) (callSite, error) {
+	deadline := time.Now().Add(pickTimeout)
+	for {
+		site, ok, err := e.pickNow(g, nmiSafe)
+		if err != nil || ok {
+			return site, err
+		}
+		if time.Now().After(deadline) {
+			return site, fmt.Errorf("no vCPU reached kernel mode with interrupts on within %v (all run user code)", pickTimeout)
+		}
+		site, ok, err = e.runToHook(ctx, g)
+		if err != nil || ok {
+			return site, err
+		}
+	}
+}
+
+func (e *Engine) pickNow(g *gdbstub.Client, nmiSafe bool) (callSite, bool, error) {
+	var idle []int
+	for _, tid := range g.Threads() {
+		cs, err := g.ReadRegister(tid, "cs")
+		if err != nil {
+			return callSite{}, false, err
+		}
+		if cs&3 != 0 {
+			continue
+		}
+		rip, err := g.ReadRegister(tid, "rip")
+		if err != nil {
+			return callSite{}, false, err
+		}
+		var prev [1]byte
+		if e.k.ReadVirt(rip-1, prev[:]) == nil && prev[0] == opHLT {
+			idle = append(idle, tid)
+			continue
+		}
+		fl, err := g.ReadRegister(tid, "eflags")
+		if err != nil {
+			return callSite{}, false, err
+		}
+		if fl&eflagsIF != 0 || nmiSafe {
+			return callSite{tid: tid}, true, nil
+		}
+	}
+	if len(idle) > 0 {
+		return callSite{tid: idle[0], idle: true}, true, nil
+	}
+	return callSite{}, false, nil
+}
+
+// runToHook lets the guest run for pickPoll with a breakpoint at the hook;
+// it returns the vCPU that reached it, or ok=false after the slice. Lucos's
+// own traps that fire meanwhile are handled as usual.
+func (e *Engine) runToHook(ctx context.Context, g *gdbstub.Client) (callSite, bool, error) {
+	if err := g.InsertBreakpoint(e.hook); err != nil {
+		return callSite{}, false, err
+	}
+	defer g.RemoveBreakpoint(e.hook)
+	end := time.Now().Add(pickPoll)
+	for {
+		if _, err := g.Continue(); err != nil {
+			return callSite{}, false, err
+		}
+		wctx, cancel := context.WithDeadline(ctx, end)
+		ev, err := g.Wait(wctx)
+		cancel()
+		timedOut := err != nil
+		if timedOut {
+			// The stop may still be a trap that beat the interrupt.
+			if ev, err = g.Stop(context.WithoutCancel(ctx)); err != nil {
+				return callSite{}, false, err
+			}
+		}
+		if ev.Signal == gdbstub.SignalTrap {
+			if rip, err := g.ReadRegister(ev.Thread, "rip"); err == nil && rip == e.hook && ev.Reason == "" {
+				return callSite{tid: ev.Thread}, true, nil
+			}
+			e.onTrap(g, ev)
+		}
+		if timedOut || time.Now().After(end) {
+			return callSite{}, false, nil
+		}
+	}
+}

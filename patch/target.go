@@ -1,0 +1,70 @@
+package patch
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/lucos/lucos/introspect"
+	"github.com/lucos/lucos/kimage"
+)
+
+// target resolves a patch's symbols for the loader: the kernel's first,
+// then those of the modules loaded in the guest (read live, since modules
+// come and go), so a patch can replace a module's function or watch its
+// data. A name the kernel defines is never looked up in modules.
+type target struct {
+	*introspect.Kernel
+	mods []introspect.Module
+}
+
+// newTarget reads the guest's module list.
+func (e *Engine) newTarget() (*target, error) {
+	mods, err := e.k.Modules()
+	if err != nil {
+		return nil, fmt.Errorf("read the guest's modules: %w", err)
+	}
+	return &target{Kernel: e.k, mods: mods}, nil
+}
+
+// Symbol returns a symbol by name and sympos (0: must be unique) with its
+// runtime address. Among modules, sympos counts definitions in module-list
+// order.
+func (t *target) Symbol(name string, pos int) (kimage.Symbol, uint64, error) {
+	s, addr, err := t.Kernel.Symbol(name, pos)
+	if !errors.Is(err, kimage.ErrNotFound) || len(t.mods) == 0 {
+		return s, addr, err
+	}
+	if _, kerr := t.Kernel.Image.Symbols.Find(name, 0); !errors.Is(kerr, kimage.ErrNotFound) {
+		return s, addr, err // the kernel has the name, just not that sympos
+	}
+	var all []kimage.Symbol
+	for _, m := range t.mods {
+		for _, ms := range m.Symbols {
+			if ms.Name == name {
+				all = append(all, ms)
+			}
+		}
+	}
+	switch {
+	case len(all) == 0:
+		return kimage.Symbol{}, 0, err
+	case pos == 0 && len(all) > 1:
+		return kimage.Symbol{}, 0, &kimage.AmbiguousError{Name: name, Candidates: all}
+	case pos == 0:
+		return all[0], all[0].Addr, nil
+	case pos < 0 || pos > len(all):
+		return kimage.Symbol{}, 0, fmt.Errorf("symbol %q sympos %d: %w (modules define it %d times)", name, pos, kimage.ErrNotFound, len(all))
+	}
+	return all[pos-1], all[pos-1].Addr, nil
+}
+
+// ModuleData reports whether [addr, addr+size) lies inside one loaded
+// module (the loader has checked that the symbol there is writable data).
+func (t *target) ModuleData(addr, size uint64) bool {
+	for _, m := range t.mods {
+		if addr >= m.Base && addr+size <= m.Base+m.Size {
+			return true
+		}
+	}
+	return false
+}

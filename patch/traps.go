@@ -1,0 +1,249 @@
+package patch
+
+import (
+	"fmt"
+
+	"github.com/lucos/lucos/gdbstub"
+)
+
+// Traps are the watchpoints and breakpoints lucos keeps in the guest while
+// patches need them: write watches on the old and new versions of changed
+// data (and on instances with data callbacks), and breakpoints at the
+// entries of functions with function callbacks. QEMU reports their hits to
+// the Machine's trap handler, Engine.onTrap.
+//
+// The trap set is only touched with the VM stopped and the Machine's lock
+// held (inside WithPaused, or in the trap handler), which serialises it.
+
+// watch is one write watch.
+type watch struct {
+	p          *Patch
+	addr, size uint64
+	data       *dataItem // the LUCOS_DATA this instance belongs to, or nil
+	old        bool      // the old instance: a write runs the forward transfer
+	callbacks  []uint64  // LUCOS_DATA_CALLBACK functions on this instance
+}
+
+func (w *watch) contains(a uint64) bool { return a >= w.addr && a < w.addr+w.size }
+
+// funcHook is a function callback: a breakpoint at a function's entry.
+type funcHook struct {
+	p    *Patch
+	addr uint64
+	name string
+	fn   uint64
+	once bool
+}
+
+// trapSet is every trap lucos wants in the guest. placed says whether they
+// are in the guest now: guest calls lift them so the call runs through.
+type trapSet struct {
+	watches []*watch
+	hooks   map[uint64][]*funcHook // by function address: one breakpoint each
+	lifted  bool
+}
+
+func (t *trapSet) empty() bool { return len(t.watches) == 0 && len(t.hooks) == 0 }
+
+// addWatch starts watching w.
+func (t *trapSet) addWatch(g *gdbstub.Client, w *watch) error {
+	if !t.lifted {
+		if err := g.InsertWatchpoint(gdbstub.WatchWrite, w.addr, w.size); err != nil {
+			return fmt.Errorf("watch %#x+%d: %w", w.addr, w.size, err)
+		}
+	}
+	t.watches = append(t.watches, w)
+	w.p.setWatching(true)
+	return nil
+}
+
+// dropWatches stops every watch of p.
+func (t *trapSet) dropWatches(g *gdbstub.Client, p *Patch) error {
+	var keep []*watch
+	var first error
+	for _, w := range t.watches {
+		if w.p != p {
+			keep = append(keep, w)
+			continue
+		}
+		if !t.lifted {
+			if err := g.RemoveWatchpoint(gdbstub.WatchWrite, w.addr, w.size); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	t.watches = keep
+	p.setWatching(false)
+	return first
+}
+
+// addHook sets a function callback.
+func (t *trapSet) addHook(g *gdbstub.Client, h *funcHook) error {
+	if t.hooks == nil {
+		t.hooks = map[uint64][]*funcHook{}
+	}
+	if len(t.hooks[h.addr]) == 0 && !t.lifted {
+		if err := g.InsertBreakpoint(h.addr); err != nil {
+			return fmt.Errorf("breakpoint at %s: %w", h.name, err)
+		}
+	}
+	t.hooks[h.addr] = append(t.hooks[h.addr], h)
+	return nil
+}
+
+// dropHooks removes the function callbacks matching drop.
+func (t *trapSet) dropHooks(g *gdbstub.Client, drop func(*funcHook) bool) error {
+	var first error
+	for addr, hs := range t.hooks {
+		var keep []*funcHook
+		for _, h := range hs {
+			if !drop(h) {
+				keep = append(keep, h)
+			}
+		}
+		if len(keep) > 0 {
+			t.hooks[addr] = keep
+			continue
+		}
+		delete(t.hooks, addr)
+		if !t.lifted {
+			if err := g.RemoveBreakpoint(addr); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
+// lift takes every trap out of the guest (they stay in the set).
+func (t *trapSet) lift(g *gdbstub.Client) error {
+	if t.lifted {
+		return nil
+	}
+	t.lifted = true
+	for _, w := range t.watches {
+		if err := g.RemoveWatchpoint(gdbstub.WatchWrite, w.addr, w.size); err != nil {
+			return fmt.Errorf("lift watch %#x: %w", w.addr, err)
+		}
+	}
+	for addr := range t.hooks {
+		if err := g.RemoveBreakpoint(addr); err != nil {
+			return fmt.Errorf("lift breakpoint %#x: %w", addr, err)
+		}
+	}
+	return nil
+}
+
+// place puts every trap of the set back into the guest.
+func (t *trapSet) place(g *gdbstub.Client) error {
+	if !t.lifted {
+		return nil
+	}
+	t.lifted = false
+	for _, w := range t.watches {
+		if err := g.InsertWatchpoint(gdbstub.WatchWrite, w.addr, w.size); err != nil {
+			return fmt.Errorf("place watch %#x: %w", w.addr, err)
+		}
+	}
+	for addr := range t.hooks {
+		if err := g.InsertBreakpoint(addr); err != nil {
+			return fmt.Errorf("place breakpoint %#x: %w", addr, err)
+		}
+	}
+	return nil
+}
+
+// onTrap is the Machine's trap handler: a watch or a breakpoint of lucos's
+// was hit. It runs with the VM stopped and returns with it stopped.
+func (e *Engine) onTrap(g *gdbstub.Client, ev gdbstub.StopEvent) {
+	if ev.Reason == "watch" {
+		e.onWatch(g, ev)
+		return
+	}
+	rip, err := g.ReadRegister(ev.Thread, "rip")
+	if err != nil {
+		e.log.Warn("trap: read rip", "stop", ev, "err", err)
+		return
+	}
+	if e.stray != nil && rip == e.stray.trampoline {
+		e.finishStray(g, ev.Thread)
+		return
+	}
+	if hs := e.traps.hooks[rip]; len(hs) > 0 {
+		e.onHook(g, ev.Thread, rip, hs)
+		return
+	}
+	e.log.Warn("trap: a stop lucos did not ask for", "stop", ev, "rip", e.k.FormatAddr(rip))
+}
+
+// onWatch keeps the two versions of a changed instance coherent: a write to
+// the old one runs the forward transfer, a write to the new one the
+// reverse; then the instance's data callbacks run. All on the writing vCPU,
+// right after the write.
+func (e *Engine) onWatch(g *gdbstub.Client, ev gdbstub.StopEvent) {
+	var w *watch
+	for _, x := range e.traps.watches {
+		if x.contains(ev.Addr) {
+			w = x
+			break
+		}
+	}
+	if w == nil {
+		e.log.Warn("trap: a watch lucos does not keep", "stop", ev)
+		return
+	}
+	p := w.p
+	p.traps.Add(1)
+	site := callSite{tid: ev.Thread}
+	if d := w.data; d != nil {
+		fn, src, dst := d.transfer, d.oldAddr, d.newAddr
+		if !w.old {
+			fn, src, dst = d.reverse, d.newAddr, d.oldAddr
+		}
+		if _, err := e.call(e.ctx, g, site, p.rt, fn, src, dst); err != nil {
+			p.noteTrapError(fmt.Errorf("transfer for %s: %w", d.name, err))
+			return
+		}
+		p.transfers.Add(1)
+	}
+	for _, fn := range w.callbacks {
+		if _, err := e.call(e.ctx, g, site, p.rt, fn, w.addr); err != nil {
+			p.noteTrapError(fmt.Errorf("data callback at %#x: %w", w.addr, err))
+			return
+		}
+		p.countCallback("data")
+	}
+}
+
+// onHook runs the function callbacks of the function whose entry vCPU tid
+// reached, with the function's arguments, then steps the vCPU over the
+// breakpoint (or drops it, for callbacks that run once).
+func (e *Engine) onHook(g *gdbstub.Client, tid int, addr uint64, hs []*funcHook) {
+	args := make([]uint64, 5)
+	for i, r := range argRegs[1:] {
+		args[i], _ = g.ReadRegister(tid, r)
+	}
+	for _, h := range hs {
+		if _, err := e.call(e.ctx, g, callSite{tid: tid}, h.p.rt, h.fn, args...); err != nil {
+			h.p.noteTrapError(fmt.Errorf("function callback on %s: %w", h.name, err))
+		}
+		h.p.countCallback("func")
+	}
+	if err := e.traps.dropHooks(g, func(h *funcHook) bool { return h.addr == addr && h.once }); err != nil {
+		e.log.Warn("trap: drop once-only callbacks", "err", err)
+	}
+	if len(e.traps.hooks[addr]) == 0 {
+		return
+	}
+	// Step over the breakpoint: without it for one instruction.
+	if err := g.RemoveBreakpoint(addr); err != nil {
+		e.log.Warn("trap: step over", "err", err)
+		return
+	}
+	if _, err := g.Step(tid); err != nil {
+		e.log.Warn("trap: step over", "err", err)
+	}
+	if err := g.InsertBreakpoint(addr); err != nil {
+		e.log.Warn("trap: step over", "err", err)
+	}
+}
