@@ -220,7 +220,7 @@ func (e *Engine) onWatch(g *gdbstub.Client, ev gdbstub.StopEvent) {
 // breakpoint (or drops it, for callbacks that run once).
 func (e *Engine) onHook(g *gdbstub.Client, tid int, addr uint64, hs []*funcHook) {
 	args := make([]uint64, 5)
-	for i, r := range argRegs[1:] {
+	for i, r := range argRegs[:5] { // the function's own: rdi, rsi, rdx, rcx, r8
 		args[i], _ = g.ReadRegister(tid, r)
 	}
 	for _, h := range hs {
