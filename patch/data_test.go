@@ -3,6 +3,7 @@ package patch_test
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -244,5 +245,57 @@ func TestCallbacks(t *testing.T) {
 	if in.TrapError != "" {
 		t.Errorf("trap error: %s", in.TrapError)
 	}
+	noKernelComplaints(t, r.m)
+}
+
+// TestGuestCallTimeout: a callback that cannot finish while the other vCPUs
+// are stopped (it waits for user space) finishes once every vCPU runs; one
+// that outlasts the call timeout fails the apply without harm, and when it
+// returns at last its vCPU is restored and its slot freed.
+func TestGuestCallTimeout(t *testing.T) {
+	r := newBugsRig(t)
+	ko := buildPatch(t, "patch/testdata/stuck-startup")
+	good := buildPatch(t, "examples/patches/cmdline-string")
+	old := r.sh(t, "cat /proc/cmdline")
+
+	t.Run("released while every vCPU runs", func(t *testing.T) {
+		slow := r.e.SlowCalls()
+		done := make(chan error, 1)
+		go func() {
+			// Released from the guest while lucos lets every vCPU run.
+			time.Sleep(10 * time.Millisecond)
+			_, err := r.m.ExecScript(context.Background(), "echo release > /proc/lucos_bugs/stats")
+			done <- err
+		}()
+		p := r.apply(t, ko)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if r.e.SlowCalls() == slow {
+			t.Errorf("the call returned while the other vCPUs were stopped; the test proves nothing")
+		}
+		if out := r.sh(t, "cat /proc/cmdline"); out == old {
+			t.Errorf("patch not in effect: %q", out)
+		}
+		r.rollback(t, p)
+	})
+	t.Run("returns after the timeout", func(t *testing.T) {
+		_, err := r.e.Apply(context.Background(), ko, patch.Options{Wait: true})
+		if !errors.Is(err, patch.ErrCallTimeout) {
+			t.Fatalf("apply: %v; want a call timeout", err)
+		}
+		if out := r.sh(t, "cat /proc/cmdline"); out != old {
+			t.Fatalf("a failed apply changed the guest: %q", out)
+		}
+		// The callback still spins on one vCPU; the guest lives on the other.
+		r.sh(t, "echo release > /proc/lucos_bugs/stats")
+		waitFor(t, "the late call to be restored", func() bool { return r.e.PendingCall() == 0 })
+		// Guest calls work again (the rollback frees shadows with one).
+		p := r.apply(t, good)
+		r.rollback(t, p)
+		if out := r.sh(t, "cat /proc/cmdline"); out != old {
+			t.Errorf("after all: %q", out)
+		}
+	})
 	noKernelComplaints(t, r.m)
 }

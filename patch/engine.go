@@ -157,19 +157,16 @@ func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
 		p.loadPause = max(p.loadPause, d)
 	}
 	if err != nil {
-		e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.unmapSlot(g, s) })
-		return nil, e.fail(p, fmt.Errorf("apply %s: load into slot %d: %w", p.name, s.index, err))
+		return nil, e.abort(ctx, p, fmt.Errorf("apply %s: load into slot %d: %w", p.name, s.index, err))
 	}
 	if err := e.startup(ctx, p); err != nil {
-		e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.unmapSlot(g, s) })
-		return nil, e.fail(p, fmt.Errorf("apply %s: %w", p.name, err))
+		return nil, e.abort(ctx, p, fmt.Errorf("apply %s: %w", p.name, err))
 	}
 	// Switch: transfers, watches, hooks and jumps, all in one pause.
 	switchAt := time.Now()
 	p.pause, err = e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.switchIn(ctx, g, p) })
 	if err != nil {
-		e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.unmapSlot(g, s) })
-		return nil, e.fail(p, fmt.Errorf("apply %s: %w", p.name, err))
+		return nil, e.abort(ctx, p, fmt.Errorf("apply %s: %w", p.name, err))
 	}
 	p.mu.Lock()
 	p.setState(StateTransitioning, fmt.Sprintf("%d functions redirected in a %.0f µs pause", len(funcs), us(p.pause)))
@@ -235,14 +232,57 @@ func (e *Engine) terminate(p *Patch, switchAt time.Time) {
 	p.done = make(chan struct{})
 }
 
-// fail marks p failed and frees its slot.
+// abort undoes a failed apply: the slot is unmapped and freed, and p is
+// marked failed with err. A guest call of p's that timed out may still run
+// in the slot: then the slot stays mapped, and taken, until it returns.
 // Precondition: e.mu is held.
-func (e *Engine) fail(p *Patch, err error) error {
+func (e *Engine) abort(ctx context.Context, p *Patch, err error) error {
+	freed := true
+	_, uerr := e.m.WithPaused(context.WithoutCancel(ctx), func(g *gdbstub.Client) (err error) {
+		freed, err = e.unload(g, p)
+		return err
+	})
 	p.mu.Lock()
-	p.setState(StateFailed, err.Error())
+	note := err.Error()
+	if uerr != nil {
+		note += "; unmapping its slot failed too: " + uerr.Error()
+	}
+	if !freed {
+		note += "; its slot stays mapped until the guest call returns"
+	}
+	p.setState(StateFailed, note)
 	p.mu.Unlock()
-	e.slots[p.slot.index] = nil
+	if freed {
+		e.slots[p.slot.index] = nil
+	}
 	return err
+}
+
+// unload unmaps p's slot and reports whether it is free now. While a guest
+// call that timed out still runs inside the slot, it is left mapped; when
+// the call returns, the trap handler unmaps it and the slot is freed.
+// Precondition: the VM is paused.
+func (e *Engine) unload(g *gdbstub.Client, p *Patch) (bool, error) {
+	if s := e.stray; s != nil && p.slot.contains(s.trampoline) {
+		s.done = func(g *gdbstub.Client) {
+			if err := e.unmapSlot(g, p.slot); err != nil {
+				e.log.Warn("unmap a slot after a late guest call", "id", p.id, "err", err)
+				return
+			}
+			go e.freeSlot(p)
+		}
+		return false, nil
+	}
+	return true, e.unmapSlot(g, p.slot)
+}
+
+// freeSlot gives p's slot back once it is unmapped.
+func (e *Engine) freeSlot(p *Patch) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.slots[p.slot.index] == p {
+		e.slots[p.slot.index] = nil
+	}
 }
 
 // wait blocks per o until p settles; a timeout is not an error: the patch

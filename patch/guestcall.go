@@ -37,6 +37,23 @@ const (
 	pickPoll = 5 * time.Millisecond
 )
 
+// SlowCalls counts the guest calls that did not return while their vCPU ran
+// alone and needed every vCPU to run.
+func (e *Engine) SlowCalls() int64 { return e.slowCalls.Load() }
+
+// PendingCall is the vCPU of a guest call that timed out and has not
+// returned yet, or 0.
+func (e *Engine) PendingCall() int {
+	var tid int
+	e.m.WithPaused(e.ctx, func(*gdbstub.Client) error {
+		if e.stray != nil {
+			tid = e.stray.tid
+		}
+		return nil
+	})
+	return tid
+}
+
 // ErrCallTimeout means a guest call did not return in time.
 var ErrCallTimeout = errors.New("guest call did not return")
 
@@ -233,6 +250,7 @@ type strayCall struct {
 	tid        int
 	saved      *gdbstub.Registers
 	trampoline uint64
+	done       func(g *gdbstub.Client) // what waits for the call (e.g. unmapping its slot)
 }
 
 // finishStray completes a timed-out call that has reached its trampoline.
@@ -242,6 +260,9 @@ func (e *Engine) finishStray(g *gdbstub.Client, tid int) error {
 	g.RemoveBreakpoint(s.trampoline)
 	_, err := finishCall(g, tid, s.tid, s.saved)
 	e.log.Warn("guest call returned late; vCPU restored", "vcpu", tid, "err", err)
+	if s.done != nil {
+		s.done(g)
+	}
 	return err
 }
 

@@ -74,25 +74,33 @@ func (e *Engine) release(p *Patch, switchAt time.Time) {
 		e.log.Warn("rollback: stack check stopped; slot stays mapped", "id", p.id, "err", err)
 		return
 	}
-	_, err := e.m.WithPaused(e.ctx, func(g *gdbstub.Client) error {
+	var cerr error
+	freed := false
+	_, err := e.m.WithPaused(e.ctx, func(g *gdbstub.Client) (err error) {
 		if err := e.traps.dropWatches(g, p); err != nil {
 			return err
 		}
-		if err := e.cleanup(e.ctx, g, p); err != nil {
-			return err
-		}
-		return e.unmapSlot(g, p.slot)
+		// A cleanup that fails is reported, but the patch goes anyway.
+		cerr = e.cleanup(e.ctx, g, p)
+		freed, err = e.unload(g, p)
+		return err
 	})
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err != nil {
+	switch {
+	case err != nil:
 		p.setState(StateFailed, "unmap slot: "+err.Error())
-	} else {
+	case cerr != nil:
+		p.trapErr = cerr.Error()
+		p.setState(StateFailed, "rolled back, but "+cerr.Error())
+	default:
 		p.commitAfter = time.Since(switchAt)
 		p.holders = nil
 		p.setState(StateRolledBack, "no thread in patch code; slot freed")
+	}
+	if err == nil && freed {
 		e.slots[p.slot.index] = nil
 	}
 	close(p.done)

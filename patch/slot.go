@@ -32,6 +32,9 @@ type slot struct {
 	pmd   uint64 // guest-physical address of the PMD entry that maps the slot
 }
 
+// contains reports whether va is inside the slot.
+func (s *slot) contains(va uint64) bool { return va >= s.va && va < s.va+layout.SlotSize }
+
 // window describes the kernel-image window's page directory, found once.
 type window struct {
 	pmdTable uint64 // guest-physical address of the PMD table covering kernel text
