@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lucos/lucos/gdbstub"
 	"github.com/lucos/lucos/internal/testvm"
 	"github.com/lucos/lucos/patch"
 )
@@ -249,30 +250,22 @@ func TestCallbacks(t *testing.T) {
 }
 
 // TestGuestCallTimeout: a callback that cannot finish while the other vCPUs
-// are stopped (it waits for user space) finishes once every vCPU runs; one
-// that outlasts the call timeout fails the apply without harm, and when it
-// returns at last its vCPU is restored and its slot freed.
+// are stopped (it waits for the other CPU) finishes once every vCPU runs;
+// one that outlasts the call timeout fails the apply without harm, and when
+// it returns at last its vCPU is restored and its slot freed.
 func TestGuestCallTimeout(t *testing.T) {
 	r := newBugsRig(t)
-	ko := buildPatch(t, "patch/testdata/stuck-startup")
 	good := buildPatch(t, "examples/patches/cmdline-string")
 	old := r.sh(t, "cat /proc/cmdline")
 
-	t.Run("released while every vCPU runs", func(t *testing.T) {
+	t.Run("needs every vCPU", func(t *testing.T) {
 		slow := r.e.SlowCalls()
-		done := make(chan error, 1)
-		go func() {
-			// Released from the guest while lucos lets every vCPU run.
-			time.Sleep(10 * time.Millisecond)
-			_, err := r.m.ExecScript(context.Background(), "echo release > /proc/lucos_bugs/stats")
-			done <- err
-		}()
-		p := r.apply(t, ko)
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
+		p := r.apply(t, buildPatch(t, "patch/testdata/ipi-startup"))
 		if r.e.SlowCalls() == slow {
 			t.Errorf("the call returned while the other vCPUs were stopped; the test proves nothing")
+		}
+		if in := p.Info(); in.Callbacks["startup"] != 1 {
+			t.Errorf("startup callbacks: %v", in.Callbacks)
 		}
 		if out := r.sh(t, "cat /proc/cmdline"); out == old {
 			t.Errorf("patch not in effect: %q", out)
@@ -280,16 +273,41 @@ func TestGuestCallTimeout(t *testing.T) {
 		r.rollback(t, p)
 	})
 	t.Run("returns after the timeout", func(t *testing.T) {
-		_, err := r.e.Apply(context.Background(), ko, patch.Options{Wait: true})
+		_, err := r.e.Apply(context.Background(), buildPatch(t, "patch/testdata/stuck-startup"), patch.Options{Wait: true})
 		if !errors.Is(err, patch.ErrCallTimeout) {
 			t.Fatalf("apply: %v; want a call timeout", err)
 		}
+		if r.e.PendingCall() == 0 {
+			t.Fatal("no guest call pending after the timeout")
+		}
+		// Let the callback return: set the flag it spins on.
+		mods, err := r.k.Modules()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var flag uint64
+		for _, m := range mods {
+			if s, err := m.Symbol("lucos_bugs_released", 0); err == nil {
+				flag = s.Addr
+			}
+		}
+		one := []byte{1, 0, 0, 0}
+		if _, err := r.m.WithPaused(context.Background(), func(g *gdbstub.Client) error {
+			m, err := r.k.Walker.Translate(flag)
+			if err != nil {
+				return err
+			}
+			if err := g.SetPhysical(true); err != nil {
+				return err
+			}
+			return g.WriteMemory(m.PA+flag-m.VA, one)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the late call to be restored", func() bool { return r.e.PendingCall() == 0 })
 		if out := r.sh(t, "cat /proc/cmdline"); out != old {
 			t.Fatalf("a failed apply changed the guest: %q", out)
 		}
-		// The callback still spins on one vCPU; the guest lives on the other.
-		r.sh(t, "echo release > /proc/lucos_bugs/stats")
-		waitFor(t, "the late call to be restored", func() bool { return r.e.PendingCall() == 0 })
 		// Guest calls work again (the rollback frees shadows with one).
 		p := r.apply(t, good)
 		r.rollback(t, p)

@@ -55,7 +55,6 @@ type Engine struct {
 	// WithPaused or in the trap handler), which serialises them.
 	traps trapSet    // watches and breakpoints lucos keeps in the guest
 	stray *strayCall // a guest call that timed out and has not returned
-	hook  uint64     // `schedule`: where a busy guest is caught in kernel mode
 
 	calls, slowCalls atomic.Int64 // guest calls made; those that needed every vCPU
 }
@@ -80,12 +79,8 @@ func New(m *vmm.Machine, k *introspect.Kernel, log *slog.Logger) (*Engine, error
 	if err != nil {
 		return nil, fmt.Errorf("patch engine: %w", err)
 	}
-	hook, err := k.Addr("schedule", 0)
-	if err != nil {
-		return nil, fmt.Errorf("patch engine: %w", err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &Engine{m: m, k: k, win: win, log: log, ctx: ctx, cancel: cancel, hook: hook}
+	e := &Engine{m: m, k: k, win: win, log: log, ctx: ctx, cancel: cancel}
 	m.SetTrapHandler(e.onTrap)
 	return e, nil
 }
@@ -263,8 +258,8 @@ func (e *Engine) abort(ctx context.Context, p *Patch, err error) error {
 // the call returns, the trap handler unmaps it and the slot is freed.
 // Precondition: the VM is paused.
 func (e *Engine) unload(g *gdbstub.Client, p *Patch) (bool, error) {
-	if s := e.stray; s != nil && p.slot.contains(s.trampoline) {
-		s.done = func(g *gdbstub.Client) {
+	if s := e.stray; s != nil && p.slot.contains(s.done) {
+		s.then = func(g *gdbstub.Client) {
 			if err := e.unmapSlot(g, p.slot); err != nil {
 				e.log.Warn("unmap a slot after a late guest call", "id", p.id, "err", err)
 				return

@@ -104,7 +104,7 @@ func TestHammer(t *testing.T) {
 		}
 	}
 	if counts["new"] == 0 || counts["old"] == 0 {
-		t.Errorf("lines: %v; want both old and new ones", counts)
+		t.Errorf("lines: %v; want both old and new ones\nguest processes:\n%s\nconsole:\n%s", counts, r.sh(t, "ps"), r.m.ConsoleTail(40))
 	}
 	t.Logf("%d apply/rollback cycles; lines read: %v", cycles, counts)
 	noKernelComplaints(t, r.m)

@@ -14,11 +14,17 @@ import (
 // Guest calls run a function of a patch inside the guest, on one vCPU, and
 // bring that vCPU back exactly where it was. The patch runtime's
 // __lucos_call(fn, a0..a4) is entered with a return address at the
-// runtime's __lucos_trampoline, where a breakpoint ends the call:
+// runtime's __lucos_trampoline, which stores the result in
+// __lucos_call_done; a write watch on that word ends the call:
 //
 //	save the vCPU's registers → push the trampoline on its kernel stack →
 //	rip = __lucos_call, rdi = fn, rsi.. = args → run that vCPU alone →
-//	stop at the trampoline → rax is the result → restore the registers.
+//	stop after the trampoline's store → read the result → restore.
+//
+// No breakpoints: under QEMU 7.2's TCG inserting or removing one flushes
+// every translated block, and a busy guest then spends its time
+// retranslating (measured: its throughput fell to a few percent when each
+// call used one). A watchpoint only flushes one TLB page.
 //
 // __lucos_call enters RCU's watch when the vCPU was idle. The rules it
 // follows were measured on these machines (see ../shared/DESIGN.md):
@@ -34,7 +40,7 @@ const (
 	// pickTimeout bounds the search for a vCPU where a call may run.
 	pickTimeout = 2 * time.Second
 	// pickPoll is how long the guest runs between two looks for one.
-	pickPoll = 5 * time.Millisecond
+	pickPoll = 2 * time.Millisecond
 )
 
 // SlowCalls counts the guest calls that did not return while their vCPU ran
@@ -65,8 +71,7 @@ const (
 	msiAddrBase = 0xfee00000 // a write here is an MSI to the APIC ID in bits 12-19
 )
 
-// gprs are the registers a call changes: after a call that may have moved
-// (another vCPU reached the trampoline) only these are put back.
+// gprs are the registers a call changes, and all that is put back after it.
 var gprs = []string{"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
 	"r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "eflags"}
 
@@ -87,7 +92,7 @@ func (e *Engine) call(ctx context.Context, g *gdbstub.Client, site callSite, rt 
 	if len(args) > len(argRegs)-1 {
 		return 0, fmt.Errorf("guest call: %d arguments, at most %d", len(args), len(argRegs)-1)
 	}
-	if rt.Call == 0 || rt.Trampoline == 0 {
+	if rt.Call == 0 || rt.Trampoline == 0 || rt.Done == 0 {
 		return 0, errors.New("guest call: the patch has no lucos runtime (built by an older lucos?)")
 	}
 	if e.stray != nil {
@@ -147,36 +152,36 @@ func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSit
 	if err := g.WriteRegisters(tid, regs); err != nil {
 		return 0, err
 	}
-	if err := g.InsertBreakpoint(rt.Trampoline); err != nil {
+	if err := g.InsertWatchpoint(gdbstub.WatchWrite, rt.Done, 8); err != nil {
 		g.WriteRegisters(tid, saved)
 		return 0, err
 	}
 	if site.idle {
 		if err := kick(g, tid); err != nil {
-			g.RemoveBreakpoint(rt.Trampoline)
+			g.RemoveWatchpoint(gdbstub.WatchWrite, rt.Done, 8)
 			g.WriteRegisters(tid, saved)
 			return 0, err
 		}
 	}
-	ev, err := e.runCall(ctx, g, tid, rt.Trampoline)
+	ev, err := e.runCall(ctx, g, tid, rt.Done)
 	if err != nil {
 		if errors.Is(err, ErrCallTimeout) {
 			// The call still runs somewhere: its registers must not be
-			// restored now. The trampoline breakpoint stays; the trap
-			// handler finishes the call when it gets there.
-			e.stray = &strayCall{tid: tid, saved: saved, trampoline: rt.Trampoline}
+			// restored now. The watch stays; the trap handler finishes
+			// the call when it gets there.
+			e.stray = &strayCall{tid: tid, saved: saved, done: rt.Done}
 		}
 		return 0, err
 	}
-	g.RemoveBreakpoint(rt.Trampoline)
-	return finishCall(g, ev.Thread, tid, saved)
+	g.RemoveWatchpoint(gdbstub.WatchWrite, rt.Done, 8)
+	return e.finishCall(g, ev.Thread, saved, rt.Done)
 }
 
-// runCall runs vCPU tid alone until it stops at the trampoline; if it does
-// not within callAlone, every vCPU runs until callTimeout. Other traps on
-// the way (there are none while lucos's are lifted, but a breakpoint of the
-// guest's own debugger would be one) end the call with an error.
-func (e *Engine) runCall(ctx context.Context, g *gdbstub.Client, tid int, trampoline uint64) (gdbstub.StopEvent, error) {
+// runCall runs vCPU tid alone until the trampoline's store to done stops
+// it; if it does not within callAlone, every vCPU runs until callTimeout.
+// Other stops on the way (there are none while lucos's traps are lifted)
+// end the call with an error.
+func (e *Engine) runCall(ctx context.Context, g *gdbstub.Client, tid int, done uint64) (gdbstub.StopEvent, error) {
 	if _, err := g.ContinueThread(tid); err != nil {
 		return gdbstub.StopEvent{}, err
 	}
@@ -189,7 +194,7 @@ func (e *Engine) runCall(ctx context.Context, g *gdbstub.Client, tid int, trampo
 		if err != nil {
 			return ev, err
 		}
-		if !e.atTrampoline(g, ev, trampoline) {
+		if !returned(ev, done) {
 			e.log.Warn("guest call: running every vCPU until it returns", "vcpu", tid)
 			e.slowCalls.Add(1)
 			if _, err := g.Continue(); err != nil {
@@ -204,33 +209,33 @@ func (e *Engine) runCall(ctx context.Context, g *gdbstub.Client, tid int, trampo
 			}
 		}
 	}
-	if !e.atTrampoline(g, ev, trampoline) {
+	if !returned(ev, done) {
 		return ev, fmt.Errorf("guest call on vCPU %d: stopped elsewhere (%s)", tid, ev)
 	}
 	return ev, nil
 }
 
-func (e *Engine) atTrampoline(g *gdbstub.Client, ev gdbstub.StopEvent, trampoline uint64) bool {
-	if ev.Signal != gdbstub.SignalTrap || ev.Reason != "" {
-		return false
-	}
-	rip, err := g.ReadRegister(ev.Thread, "rip")
-	return err == nil && rip == trampoline
+// returned reports whether ev is the trampoline's store to done.
+func returned(ev gdbstub.StopEvent, done uint64) bool {
+	return ev.Signal == gdbstub.SignalTrap && ev.Reason == "watch" && ev.Addr == done
 }
 
-// finishCall reads the result on vCPU at (which reached the trampoline) and
-// restores the registers saved on vCPU from. When they are the same vCPU
-// nothing ran meanwhile that could change its control registers, and all
-// registers go back; otherwise only the general-purpose ones, rip and
-// eflags go back, onto the vCPU the call ended on.
-func finishCall(g *gdbstub.Client, at, from int, saved *gdbstub.Registers) (uint64, error) {
+// finishCall reads the result the trampoline stored at done and puts back
+// the general-purpose registers, rip and eflags saved before the call, onto
+// vCPU at (the one that reached the trampoline). Nothing else: 'G' would also write CR3, the FPU state and
+// the segment bases, which are the interrupted context's as long as the
+// call did not switch tasks (the runtime runs it with preemption off) —
+// and after a call that ran while the guest went on, writing back a stale
+// CR3 would leave the CPU on page tables the kernel thinks it left.
+func (e *Engine) finishCall(g *gdbstub.Client, at int, saved *gdbstub.Registers, done uint64) (uint64, error) {
+	var word [8]byte
+	if err := e.k.ReadVirt(done, word[:]); err != nil {
+		return 0, fmt.Errorf("read the result of a guest call: %w", err)
+	}
+	ret := binary.LittleEndian.Uint64(word[:])
 	cur, err := g.ReadRegisters(at)
 	if err != nil {
 		return 0, err
-	}
-	ret, _ := cur.Get("rax")
-	if at == from {
-		return ret, g.WriteRegisters(at, saved)
 	}
 	for _, r := range gprs {
 		v, err := saved.Get(r)
@@ -247,21 +252,21 @@ func finishCall(g *gdbstub.Client, at, from int, saved *gdbstub.Registers) (uint
 // strayCall is a guest call that timed out: when its vCPU reaches the
 // trampoline at last, the trap handler restores it.
 type strayCall struct {
-	tid        int
-	saved      *gdbstub.Registers
-	trampoline uint64
-	done       func(g *gdbstub.Client) // what waits for the call (e.g. unmapping its slot)
+	tid   int
+	saved *gdbstub.Registers
+	done  uint64                  // the runtime's __lucos_call_done, watched
+	then  func(g *gdbstub.Client) // what waits for the call (e.g. unmapping its slot)
 }
 
 // finishStray completes a timed-out call that has reached its trampoline.
 func (e *Engine) finishStray(g *gdbstub.Client, tid int) error {
 	s := e.stray
 	e.stray = nil
-	g.RemoveBreakpoint(s.trampoline)
-	_, err := finishCall(g, tid, s.tid, s.saved)
+	g.RemoveWatchpoint(gdbstub.WatchWrite, s.done, 8)
+	_, err := e.finishCall(g, tid, s.saved, s.done)
 	e.log.Warn("guest call returned late; vCPU restored", "vcpu", tid, "err", err)
-	if s.done != nil {
-		s.done(g)
+	if s.then != nil {
+		s.then(g)
 	}
 	return err
 }
@@ -282,9 +287,8 @@ func kick(g *gdbstub.Client, tid int) error {
 // pick finds a vCPU where a callback may run now: in kernel mode with
 // interrupts enabled (preferred: no kick needed), or halted in the idle
 // loop; with nmiSafe, kernel mode with interrupts off will do too. When no
-// vCPU qualifies (every one runs user code), the guest runs in short slices
-// with a breakpoint at `schedule` — entered in kernel mode with interrupts
-// on — until one does. Precondition: the VM is stopped.
+// vCPU qualifies (every one runs user code), the guest runs on in slices of
+// pickPoll until one does. Precondition: the VM is stopped.
 func (e *Engine) pick(ctx context.Context, g *gdbstub.Client, nmiSafe bool) (callSite, error) {
 	deadline := time.Now().Add(pickTimeout)
 	for {
@@ -295,8 +299,7 @@ func (e *Engine) pick(ctx context.Context, g *gdbstub.Client, nmiSafe bool) (cal
 		if time.Now().After(deadline) {
 			return site, fmt.Errorf("no vCPU reached kernel mode with interrupts on within %v (all run user code)", pickTimeout)
 		}
-		site, ok, err = e.runToHook(ctx, g)
-		if err != nil || ok {
+		if err := e.runSlice(ctx, g); err != nil {
 			return site, err
 		}
 	}
@@ -335,18 +338,13 @@ func (e *Engine) pickNow(g *gdbstub.Client, nmiSafe bool) (callSite, bool, error
 	return callSite{}, false, nil
 }
 
-// runToHook lets the guest run for pickPoll with a breakpoint at the hook;
-// it returns the vCPU that reached it, or ok=false after the slice. Lucos's
-// own traps that fire meanwhile are handled as usual.
-func (e *Engine) runToHook(ctx context.Context, g *gdbstub.Client) (callSite, bool, error) {
-	if err := g.InsertBreakpoint(e.hook); err != nil {
-		return callSite{}, false, err
-	}
-	defer g.RemoveBreakpoint(e.hook)
+// runSlice lets the guest run for pickPoll. Lucos's own traps that fire
+// meanwhile are handled as usual.
+func (e *Engine) runSlice(ctx context.Context, g *gdbstub.Client) error {
 	end := time.Now().Add(pickPoll)
 	for {
 		if _, err := g.Continue(); err != nil {
-			return callSite{}, false, err
+			return err
 		}
 		wctx, cancel := context.WithDeadline(ctx, end)
 		ev, err := g.Wait(wctx)
@@ -355,17 +353,14 @@ func (e *Engine) runToHook(ctx context.Context, g *gdbstub.Client) (callSite, bo
 		if timedOut {
 			// The stop may still be a trap that beat the interrupt.
 			if ev, err = g.Stop(context.WithoutCancel(ctx)); err != nil {
-				return callSite{}, false, err
+				return err
 			}
 		}
 		if ev.Signal == gdbstub.SignalTrap {
-			if rip, err := g.ReadRegister(ev.Thread, "rip"); err == nil && rip == e.hook && ev.Reason == "" {
-				return callSite{tid: ev.Thread}, true, nil
-			}
 			e.onTrap(g, ev)
 		}
 		if timedOut || time.Now().After(end) {
-			return callSite{}, false, nil
+			return nil
 		}
 	}
 }

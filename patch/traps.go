@@ -156,6 +156,10 @@ func (t *trapSet) place(g *gdbstub.Client) error {
 // onTrap is the Machine's trap handler: a watch or a breakpoint of lucos's
 // was hit. It runs with the VM stopped and returns with it stopped.
 func (e *Engine) onTrap(g *gdbstub.Client, ev gdbstub.StopEvent) {
+	if e.stray != nil && returned(ev, e.stray.done) {
+		e.finishStray(g, ev.Thread)
+		return
+	}
 	if ev.Reason == "watch" {
 		e.onWatch(g, ev)
 		return
@@ -163,10 +167,6 @@ func (e *Engine) onTrap(g *gdbstub.Client, ev gdbstub.StopEvent) {
 	rip, err := g.ReadRegister(ev.Thread, "rip")
 	if err != nil {
 		e.log.Warn("trap: read rip", "stop", ev, "err", err)
-		return
-	}
-	if e.stray != nil && rip == e.stray.trampoline {
-		e.finishStray(g, ev.Thread)
 		return
 	}
 	if hs := e.traps.hooks[rip]; len(hs) > 0 {

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
@@ -205,8 +206,22 @@ func (m *Machine) dial(ctx context.Context, name string) (net.Conn, error) {
 	if err := m.waitSocket(ctx, m.sock(name)); err != nil {
 		return nil, err
 	}
+	// QEMU binds the socket before it listens: a connection refused in
+	// between is retried.
 	var d net.Dialer
-	return d.DialContext(ctx, "unix", m.sock(name))
+	for tries := 0; ; tries++ {
+		c, err := d.DialContext(ctx, "unix", m.sock(name))
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || tries == 200 {
+			return c, err
+		}
+		select {
+		case <-m.exited:
+			return nil, m.exitError()
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // waitSocket waits for QEMU to create a listening socket, failing early if

@@ -36,6 +36,7 @@ const (
 	rtCall       = "__lucos_call"
 	rtTrampoline = "__lucos_trampoline"
 	rtExit       = "__lucos_rt_exit"
+	rtDone       = "__lucos_call_done"
 )
 
 // DataSpec is one LUCOS_DATA: the kernel global OldName (sympos Pos, 0 =
@@ -237,13 +238,17 @@ func (m *Module) readCallbacks() error {
 // readRuntime finds the runtime's entry points, which a patch with data
 // updates or callbacks needs.
 func (m *Module) readRuntime() error {
-	for _, name := range []string{rtCall, rtTrampoline, rtExit} {
+	for _, name := range []string{rtCall, rtTrampoline, rtExit, rtDone} {
+		want, perm := elf.STT_FUNC, RX
+		if name == rtDone {
+			want, perm = elf.STT_OBJECT, RW
+		}
 		for _, sym := range m.syms {
-			if sym.name != name || sym.typ != elf.STT_FUNC || sym.bind != elf.STB_GLOBAL ||
+			if sym.name != name || sym.typ != want || sym.bind != elf.STB_GLOBAL ||
 				sym.shndx == elf.SHN_UNDEF || sym.shndx >= elf.SHN_LORESERVE {
 				continue
 			}
-			if s := m.secs[sym.shndx]; s.treat == Load && s.perm == RX && sym.value < s.size {
+			if s := m.secs[sym.shndx]; s.treat == Load && s.perm == perm && sym.value < s.size {
 				m.runtime[name] = place{s.idx, sym.value}
 			}
 		}
@@ -251,7 +256,7 @@ func (m *Module) readRuntime() error {
 	if len(m.Data) == 0 && len(m.Callbacks) == 0 {
 		return nil
 	}
-	for _, name := range []string{rtCall, rtTrampoline, rtExit} {
+	for _, name := range []string{rtCall, rtTrampoline, rtExit, rtDone} {
 		if _, ok := m.runtime[name]; !ok {
 			sec := dataSection
 			if len(m.Data) == 0 {
@@ -534,7 +539,7 @@ func (l *linker) linkRuntime() error {
 		}
 		return 0
 	}
-	l.runtime = Runtime{Call: addr(rtCall), Trampoline: addr(rtTrampoline), Exit: addr(rtExit)}
+	l.runtime = Runtime{Call: addr(rtCall), Trampoline: addr(rtTrampoline), Exit: addr(rtExit), Done: addr(rtDone)}
 	return nil
 }
 

@@ -82,7 +82,10 @@ type Callback struct {
 // __lucos_rt_exit. All are 0 for a patch built without the runtime, which
 // then has no data updates and no callbacks.
 type Runtime struct {
-	Call, Trampoline, Exit uint64
+	Call       uint64 // __lucos_call: where a guest call starts
+	Trampoline uint64 // __lucos_trampoline: where it returns to
+	Exit       uint64 // __lucos_rt_exit: frees the patch's shadows
+	Done       uint64 // __lucos_call_done: the trampoline stores the result here (lucos watches it)
 }
 
 // JumpSite is one static branch in patch code, set from its key's state at

@@ -21,24 +21,46 @@ typedef unsigned long (*lucos_fn_t)(unsigned long, unsigned long, unsigned long,
 /*
  * notrace: lucos enters here and returns to the trampoline itself; neither
  * needs the ftrace call site the loader would turn into a NOP anyway.
+ *
+ * The call runs with preemption off, like an interrupt handler: an
+ * interrupt that arrives meanwhile must not switch this vCPU to another
+ * task, because lucos puts back the interrupted context's registers when
+ * the call returns and the other vCPUs may be stopped. The count is
+ * dropped without a reschedule check (preempt_enable would schedule here);
+ * the interrupted context reschedules at its next preemption point.
  */
 notrace unsigned long __lucos_call(lucos_fn_t fn, unsigned long a0, unsigned long a1,
 				   unsigned long a2, unsigned long a3, unsigned long a4)
 {
 	unsigned long ret;
+	bool idle = !rcu_is_watching();
 
-	if (rcu_is_watching())
-		return fn(a0, a1, a2, a3, a4);
+	preempt_count_inc();
+	barrier();
 	/* An idle vCPU: RCU ignores it until told otherwise (RCU_NONIDLE). */
-	ct_irq_enter_irqson();
+	if (idle)
+		ct_irq_enter_irqson();
 	ret = fn(a0, a1, a2, a3, a4);
-	ct_irq_exit_irqson();
+	if (idle)
+		ct_irq_exit_irqson();
+	barrier();
+	preempt_count_dec();
 	return ret;
 }
 
-/* Where __lucos_call returns to: lucos has a breakpoint here. */
+/*
+ * Where __lucos_call returns to. It stores the result, still in rax, in
+ * __lucos_call_done: lucos watches that word, and QEMU stops the vCPU right
+ * after the store. (A write watch, not a breakpoint at the trampoline:
+ * under TCG every breakpoint inserted or removed flushes all translated
+ * code, which would cost the guest far more than the call.) The loop is
+ * only a safety net: lucos never lets a vCPU run on from here.
+ */
+unsigned long __lucos_call_done;
+
 notrace void __noreturn __lucos_trampoline(void)
 {
+	asm volatile("movq %%rax, %0" : "=m" (__lucos_call_done));
 	for (;;)
 		cpu_relax();
 }

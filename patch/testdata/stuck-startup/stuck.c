@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * stuck-startup (test patch): its startup callback does not return until
- * user space writes "release" to /proc/lucos_bugs/stats, so a test can make
- * a guest call outlast lucos's timeouts.
+ * stuck-startup (test patch): its startup callback spins until
+ * lucos_bugs_released is set (the test sets it from the host), so a guest
+ * call outlasts lucos's timeouts. It spins with preemption off, as every
+ * guest call runs: its CPU does nothing else meanwhile.
  */
 #include <linux/init.h>
 #include <linux/seq_file.h>

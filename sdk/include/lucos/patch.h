@@ -254,8 +254,8 @@ void lucos_shadow_free_all(unsigned long id);
  * five arguments, and a return address at __lucos_trampoline on the stack
  * (rsp = 8 mod 16, as after a call). On an idle vCPU, where RCU is not
  * watching, it makes RCU watch around the call (ct_irq_enter_irqson), as
- * RCU_NONIDLE does. __lucos_trampoline never returns: lucos stops the
- * vCPU there with a breakpoint and reads the result in rax.
+ * RCU_NONIDLE does. __lucos_trampoline never returns: it stores the
+ * result in __lucos_call_done, where a write watch stops the vCPU.
  * __lucos_rt_exit frees every shadow of the patch and returns how many.
  */
 unsigned long __lucos_call(unsigned long (*fn)(unsigned long, unsigned long, unsigned long,
@@ -263,6 +263,7 @@ unsigned long __lucos_call(unsigned long (*fn)(unsigned long, unsigned long, uns
 			   unsigned long a0, unsigned long a1, unsigned long a2,
 			   unsigned long a3, unsigned long a4);
 void __noreturn __lucos_trampoline(void);
+extern unsigned long __lucos_call_done;
 int __lucos_rt_exit(void);
 
 #endif /* _LUCOS_PATCH_H */
