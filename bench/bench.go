@@ -48,6 +48,7 @@ var Scenarios = []Scenario{
 	{"read", "guest-physical read throughput: shared mapping vs gdbstub", Read},
 	{"introspect", "parse symbols and BTF, attach, snapshot and scan every kernel stack", Introspect},
 	{"apply", "apply/rollback of a code patch, guest busy, next to in-guest Linux livepatch", Apply},
+	{"data", "data coherence: cost of a trapped write, slowdown while an instance is watched", Data},
 }
 
 // Lookup finds a scenario by name.

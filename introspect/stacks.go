@@ -121,7 +121,8 @@ type Range struct {
 	Start, End uint64
 }
 
-func (r Range) contains(a uint64) bool { return a >= r.Start && a < r.End }
+// Contains reports whether a is in [Start, End).
+func (r Range) Contains(a uint64) bool { return a >= r.Start && a < r.End }
 
 // Holder is a task or vCPU found holding an address inside a scanned range.
 type Holder struct {
@@ -143,7 +144,7 @@ type Holder struct {
 func (s *Snapshot) Scan(ranges []Range) []Holder {
 	in := func(a uint64) bool {
 		for _, r := range ranges {
-			if r.contains(a) {
+			if r.Contains(a) {
 				return true
 			}
 		}

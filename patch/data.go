@@ -92,8 +92,7 @@ func (e *Engine) startup(ctx context.Context, p *Patch) error {
 // undone (the transfers wrote only the patch's own new instances).
 func (e *Engine) switchIn(ctx context.Context, g *gdbstub.Client, p *Patch) error {
 	if len(p.data) > 0 {
-		// Transfers only convert memory: any vCPU in kernel mode will do.
-		site, err := e.pick(ctx, g, true)
+		site, err := e.pick(ctx, g, false)
 		if err != nil {
 			return fmt.Errorf("forward transfer: %w", err)
 		}
@@ -177,7 +176,7 @@ func (e *Engine) switchOut(ctx context.Context, g *gdbstub.Client, p *Patch, wat
 		return err
 	}
 	if len(p.data) > 0 {
-		site, err := e.pick(ctx, g, true)
+		site, err := e.pick(ctx, g, false)
 		if err != nil {
 			return fmt.Errorf("reverse transfer: %w", err)
 		}

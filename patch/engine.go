@@ -56,7 +56,10 @@ type Engine struct {
 	traps trapSet    // watches and breakpoints lucos keeps in the guest
 	stray *strayCall // a guest call that timed out and has not returned
 
+	entryText introspect.Range // the kernel's entry code: no guest call there
+
 	calls, slowCalls atomic.Int64 // guest calls made; those that needed every vCPU
+	trapTimes        *vmm.PauseLog // per trapped write: its stop to the end of its handling
 }
 
 // Options for Apply and Rollback.
@@ -79,8 +82,15 @@ func New(m *vmm.Machine, k *introspect.Kernel, log *slog.Logger) (*Engine, error
 	if err != nil {
 		return nil, fmt.Errorf("patch engine: %w", err)
 	}
+	var entry introspect.Range
+	if entry.Start, err = k.Addr("__entry_text_start", 0); err == nil {
+		entry.End, err = k.Addr("__entry_text_end", 0)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("patch engine: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &Engine{m: m, k: k, win: win, log: log, ctx: ctx, cancel: cancel}
+	e := &Engine{entryText: entry, m: m, k: k, win: win, log: log, ctx: ctx, cancel: cancel, trapTimes: vmm.NewPauseLog()}
 	m.SetTrapHandler(e.onTrap)
 	return e, nil
 }

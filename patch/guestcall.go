@@ -328,8 +328,11 @@ func (e *Engine) pickNow(g *gdbstub.Client, nmiSafe bool) (callSite, bool, error
 		if err != nil {
 			return callSite{}, false, err
 		}
-		if fl&eflagsIF != 0 || nmiSafe {
-			return callSite{tid: tid}, true, nil
+		if fl&eflagsIF == 0 && !nmiSafe {
+			continue
+		}
+		if ok, err := e.kernelContext(g, tid, rip); err != nil || ok {
+			return callSite{tid: tid}, ok, err
 		}
 	}
 	if len(idle) > 0 {
@@ -337,6 +340,30 @@ func (e *Engine) pickNow(g *gdbstub.Client, nmiSafe bool) (callSite, bool, error
 	}
 	return callSite{}, false, nil
 }
+
+// kernelContext reports whether vCPU tid, in kernel mode at rip, runs on a
+// kernel stack with the kernel's GS base — not in the entry code, where
+// the stack or GS may still be user space's (at the syscall entry the CPU
+// is in kernel mode before swapgs and the stack switch). A call there
+// would run on the user's stack with the user's per-CPU base.
+func (e *Engine) kernelContext(g *gdbstub.Client, tid int, rip uint64) (bool, error) {
+	if e.entryText.Contains(rip) {
+		return false, nil
+	}
+	for _, r := range []string{"rsp", "gs_base"} {
+		v, err := g.ReadRegister(tid, r)
+		if err != nil {
+			return false, err
+		}
+		if v < kernelHalf {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// kernelHalf is where x86-64's kernel addresses begin.
+const kernelHalf = 0xffff800000000000
 
 // runSlice lets the guest run for pickPoll. Lucos's own traps that fire
 // meanwhile are handled as usual.

@@ -2,8 +2,10 @@ package patch
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/lucos/lucos/gdbstub"
+	"github.com/lucos/lucos/vmm"
 )
 
 // Traps are the watchpoints and breakpoints lucos keeps in the guest while
@@ -176,6 +178,14 @@ func (e *Engine) onTrap(g *gdbstub.Client, ev gdbstub.StopEvent) {
 	e.log.Warn("trap: a stop lucos did not ask for", "stop", ev, "rip", e.k.FormatAddr(rip))
 }
 
+// TrapStats summarises the handling of trapped writes: from the stop QEMU
+// reports to the end of the transfer and data callbacks (the resume that
+// follows adds one gdbstub packet).
+func (e *Engine) TrapStats() vmm.PauseStats { return e.trapTimes.Stats() }
+
+// TrapTimes returns the handling time of every trapped write so far.
+func (e *Engine) TrapTimes() []time.Duration { return e.trapTimes.Samples() }
+
 // onWatch keeps the two versions of a changed instance coherent: a write to
 // the old one runs the forward transfer, a write to the new one the
 // reverse; then the instance's data callbacks run. All on the writing vCPU,
@@ -194,6 +204,7 @@ func (e *Engine) onWatch(g *gdbstub.Client, ev gdbstub.StopEvent) {
 	}
 	p := w.p
 	p.traps.Add(1)
+	defer func() { e.trapTimes.Add(time.Since(ev.At)) }()
 	site := callSite{tid: ev.Thread}
 	if d := w.data; d != nil {
 		fn, src, dst := d.transfer, d.oldAddr, d.newAddr

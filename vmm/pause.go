@@ -128,6 +128,13 @@ func (l *PauseLog) Add(d time.Duration) {
 	l.mu.Unlock()
 }
 
+// Samples returns a copy of every duration recorded, in order.
+func (l *PauseLog) Samples() []time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]time.Duration(nil), l.d...)
+}
+
 // PauseStats summarises a PauseLog.
 type PauseStats struct {
 	Count int           `json:"count"`
