@@ -58,7 +58,7 @@ type Engine struct {
 
 	entryText introspect.Range // the kernel's entry code: no guest call there
 
-	calls, slowCalls atomic.Int64 // guest calls made; those that needed every vCPU
+	calls, slowCalls atomic.Int64  // guest calls made; those that needed every vCPU
 	trapTimes        *vmm.PauseLog // per trapped write: its stop to the end of its handling
 }
 
