@@ -422,3 +422,26 @@ func TestPatchCommands(t *testing.T) {
 		t.Errorf("rollback of an unknown id: exit %d %q", r.code, r.stderr)
 	}
 }
+
+// TestDemo runs the tour: the deadlock bug reproduces (a reader spins),
+// the live fix frees the stuck reader, the bug is gone, and the code patch
+// changes /proc/cmdline and is rolled back.
+func TestDemo(t *testing.T) {
+	testvm.Options(t)
+	r := lucos(t, nil, "demo")
+	if r.code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, want := range []string{
+		"is stuck: spinning on the leaked lock (state R)",
+		"committed: startup callback ran 1 time(s)",
+		"cat /tmp/reader.out\n    ok 1\n",
+		"cat /proc/lucos_bugs/deadlock\n    ok 2\n",
+		" lucos-patched\n",
+		"rolled-back",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("the tour does not show %q:\n%s", want, r.stdout)
+		}
+	}
+}

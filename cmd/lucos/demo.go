@@ -12,6 +12,7 @@ import (
 
 	"github.com/lucos/lucos/bench"
 	"github.com/lucos/lucos/guest"
+	"github.com/lucos/lucos/guestmod"
 	"github.com/lucos/lucos/introspect"
 	"github.com/lucos/lucos/kimage"
 	"github.com/lucos/lucos/launch"
@@ -21,87 +22,75 @@ import (
 
 func newDemoCmd() *cobra.Command {
 	var gf guestFlags
-	var pauses int
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "A tour on the default guest: boot, pause/resume, live-patch and roll back, power off",
-		Long: `Boot the default guest (fetched on first use), run a command in it, keep both
-vCPUs busy and pause/resume the whole VM from the host, printing the
-guest-visible pause; then build a live patch for /proc/cmdline, apply it to
-the running kernel from the host, show the change, roll it back, and power
-the guest off.`,
+		Short: "The tour: a live fix of a kernel deadlock on the default guest, from the host",
+		Long: `Boot the default guest (fetched on first use) with the lucos_bugs test module,
+trigger its deliberate bug (the LUCOS paper's example: a function returns early
+with a spinlock held, and the next reader spins on it forever), fix it live
+from the host with examples/patches/deadlock-fix (its startup callback
+releases the leaked lock inside the guest; the stuck reader completes), show
+it fixed, apply and roll back a code patch to /proc/cmdline, and power the
+guest off. Every guest-visible pause is printed. Builds happen first, with
+kbuild against the guest's headers.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts, err := gf.options()
 			if err != nil {
 				return err
 			}
-			return demo(cmd.Context(), opts, pauses)
+			return demo(cmd.Context(), opts)
 		},
 	}
 	gf.add(cmd)
-	cmd.Flags().IntVar(&pauses, "pauses", 200, "pause/resume cycles to measure")
 	return cmd
 }
 
-// demoPatch live-patches /proc/cmdline from the host and rolls it back.
-func demoPatch(ctx context.Context, m *vmm.Machine) error {
-	step("Building a live patch for cmdline_proc_show (examples/patches/cmdline-string) with kbuild")
+func step(format string, args ...any) { fmt.Printf("\n==> "+format+"\n", args...) }
+
+// demoShell runs script in the guest and prints it with its output.
+func demoShell(ctx context.Context, m *vmm.Machine, script string) (string, error) {
+	res, err := m.ExecScript(ctx, script)
+	if err != nil {
+		return "", err
+	}
+	out := strings.TrimSpace(string(res.Stdout) + string(res.Stderr))
+	fmt.Printf("    $ %s\n", script)
+	for _, l := range strings.Split(out, "\n") {
+		if l != "" {
+			fmt.Printf("    %s\n", l)
+		}
+	}
+	return out, nil
+}
+
+func demo(ctx context.Context, opts launch.Options) error {
+	start := time.Now()
+	step("Building: the lucos_bugs guest module and two live patches (kbuild, the guest's headers)")
+	img, err := guest.Fetch(ctx, opts.Image)
+	if err != nil {
+		return err
+	}
 	tmp, err := os.MkdirTemp("", "lucos-demo-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	ko, err := bench.BuildExample(ctx, "patches/cmdline-string", m.Release(), tmp)
+	bugs, err := guestmod.Build(ctx, img, tmp)
 	if err != nil {
 		return err
 	}
-	img, err := kimage.Load(ctx, m.KernelPath(), filepath.Join(guest.DefaultCacheDir(), "kimage"))
+	fix, err := bench.BuildExample(ctx, "patches/deadlock-fix", img.Release, tmp)
 	if err != nil {
 		return err
 	}
-	k, err := introspect.Attach(ctx, m, img)
+	cmdline, err := bench.BuildExample(ctx, "patches/cmdline-string", img.Release, tmp)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("    %d kernel symbols from the image's kallsyms; KASLR slide %#x found from the IDT\n", img.Symbols.Len(), k.Slide)
-	e, err := patch.New(m, k, nil)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
-	show := func() error {
-		res, err := m.Exec(ctx, "cat", "/proc/cmdline")
-		if err == nil {
-			fmt.Printf("    $ cat /proc/cmdline\n    %s\n", strings.TrimSpace(string(res.Stdout)))
-		}
-		return err
-	}
-	if err := show(); err != nil {
-		return err
-	}
-	step("Applying it to the running kernel from the host (no agent, no reboot)")
-	p, err := e.Apply(ctx, ko, patch.Options{Wait: true})
-	if err != nil {
-		return err
-	}
-	in := p.Info()
-	fmt.Printf("    patch %s %s: guest paused %.0f µs for the switch, committed %.1f ms later\n", in.ID, in.State, in.PauseUS, in.CommitMS)
-	if err := show(); err != nil {
-		return err
-	}
-	step("Rolling it back")
-	if _, err := e.Rollback(ctx, p.ID(), patch.Options{Wait: true}); err != nil {
-		return err
-	}
-	in = p.Info()
-	fmt.Printf("    patch %s %s: guest paused %.0f µs\n", in.ID, in.State, in.PauseUS)
-	return show()
-}
+	fmt.Printf("    lucos_bugs.ko, deadlock-fix.ko (%d bytes), cmdline-string.ko (%d bytes)\n", len(fix), len(cmdline))
 
-func step(format string, args ...any) { fmt.Printf("\n==> "+format+"\n", args...) }
-
-func demo(ctx context.Context, opts launch.Options, pauses int) error {
-	step("Booting the stock Debian kernel under QEMU (%s)", opts.VM.Accel)
+	step("Booting the stock Debian kernel under QEMU (%s), lucos_bugs loaded at boot", opts.VM.Accel)
+	opts.Extend = guestmod.Extend(bugs, opts.Extend)
 	m, err := launch.Start(ctx, opts)
 	if err != nil {
 		return err
@@ -109,76 +98,81 @@ func demo(ctx context.Context, opts launch.Options, pauses int) error {
 	defer m.Close()
 	accel, why := m.Accel()
 	fmt.Printf("    kernel %s, %d vCPUs, %s (%s), ready in %.1f s\n", m.Release(), m.CPUs(), accel, why, m.BootTime().Seconds())
-
-	step("Running a command in the guest")
-	for _, argv := range [][]string{{"uname", "-a"}, {"cat", "/proc/cmdline"}} {
-		res, err := m.Exec(ctx, argv...)
-		if err != nil {
-			return err
-		}
-		fmt.Printf("    $ %s\n    %s\n", strings.Join(argv, " "), strings.TrimSpace(string(res.Stdout)))
-	}
-
-	step("Keeping both vCPUs busy and pausing the whole VM %d times from the host", pauses)
-	if _, err := m.ExecScript(ctx, bench.BusyLoops(m.CPUs())); err != nil {
-		return err
-	}
-	before, err := guestCounter(ctx, m)
+	ki, err := kimage.Load(ctx, m.KernelPath(), filepath.Join(guest.DefaultCacheDir(), "kimage"))
 	if err != nil {
 		return err
 	}
-	var d []time.Duration
-	for i := 0; i < pauses; i++ {
-		if err := m.Pause(ctx); err != nil {
-			return err
-		}
-		p, err := m.Resume()
-		if err != nil {
-			return err
-		}
-		d = append(d, p)
-		time.Sleep(2 * time.Millisecond)
-	}
-	st := summarize(d)
-	fmt.Printf("    guest-visible pause: p50 %s, p99 %s, max %s\n", us(st.P50), us(st.P99), us(st.Max))
-
-	after, err := guestCounter(ctx, m)
+	k, err := introspect.Attach(ctx, m, ki)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("    the guest's busy loops kept counting: %d -> %d\n", before, after)
-	if after <= before {
-		return fmt.Errorf("the guest's counter did not advance across the pauses")
+	fmt.Printf("    %d kernel symbols from the image's kallsyms; KASLR slide %#x found from the IDT\n", ki.Symbols.Len(), k.Slide)
+	e, err := patch.New(m, k, nil)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+
+	step("The bug: lucos_bugs_deadlock_op returns early with lucos_bugs_lock held")
+	if _, err := demoShell(ctx, m, "sh -c 'echo trigger > /proc/lucos_bugs/deadlock'"); err != nil {
+		return err
+	}
+	pid, err := demoShell(ctx, m, "cat /proc/lucos_bugs/deadlock > /tmp/reader.out & echo $!")
+	if err != nil {
+		return err
+	}
+	st, err := demoShell(ctx, m, "sleep 1; cut -d' ' -f3 /proc/"+pid+"/stat")
+	if err != nil {
+		return err
+	}
+	if st != "R" {
+		return fmt.Errorf("the reader is in state %q, not spinning: the bug did not reproduce", st)
+	}
+	fmt.Printf("    reader %s is stuck: spinning on the leaked lock (state R), one vCPU lost to it\n", pid)
+
+	step("Fixing it live from the host: examples/patches/deadlock-fix")
+	p, err := e.Apply(ctx, fix, patch.Options{Wait: true})
+	if err != nil {
+		return err
+	}
+	in := p.Info()
+	fmt.Printf("    patch %s %s: startup callback ran %d time(s) inside the guest (it released the leaked lock);\n", in.ID, in.State, in.Callbacks["startup"])
+	fmt.Printf("    guest paused %.0f µs for the switch, committed %.1f ms later\n", in.PauseUS, in.CommitMS)
+
+	step("Fixed: the stuck reader completed, and the bug no longer reproduces")
+	if _, err := demoShell(ctx, m, "i=0; while [ -d /proc/"+pid+" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; cat /tmp/reader.out"); err != nil {
+		return err
+	}
+	if _, err := demoShell(ctx, m, "sh -c 'echo trigger > /proc/lucos_bugs/deadlock'; cat /proc/lucos_bugs/deadlock"); err != nil {
+		return err
 	}
 
-	if err := demoPatch(ctx, m); err != nil {
+	step("A code patch: /proc/cmdline (examples/patches/cmdline-string), applied and rolled back")
+	show := func() error { _, err := demoShell(ctx, m, "cat /proc/cmdline"); return err }
+	if err := show(); err != nil {
+		return err
+	}
+	q, err := e.Apply(ctx, cmdline, patch.Options{Wait: true})
+	if err != nil {
+		return err
+	}
+	in = q.Info()
+	fmt.Printf("    patch %s %s: guest paused %.0f µs for the switch, committed %.1f ms later\n", in.ID, in.State, in.PauseUS, in.CommitMS)
+	if err := show(); err != nil {
+		return err
+	}
+	if _, err := e.Rollback(ctx, q.ID(), patch.Options{Wait: true}); err != nil {
+		return err
+	}
+	in = q.Info()
+	fmt.Printf("    patch %s %s: guest paused %.0f µs\n", in.ID, in.State, in.PauseUS)
+	if err := show(); err != nil {
 		return err
 	}
 
 	step("Powering the guest off")
 	m.Close()
-	fmt.Println("    done. Next: lucos run --help")
+	fmt.Printf("    done in %.0f s. Next: lucos run --help, lucos patch --help, docs/PATCH-FORMAT.md\n", time.Since(start).Seconds())
 	return nil
 }
 
-// guestCounter sums the busy loops' counters.
-func guestCounter(ctx context.Context, m *vmm.Machine) (int, error) {
-	time.Sleep(300 * time.Millisecond)
-	res, err := m.ExecScript(ctx, `s=0; for f in /tmp/busy.*; do s=$((s + $(cat $f 2>/dev/null || echo 0))); done; echo $s`)
-	if err != nil {
-		return 0, err
-	}
-	var n int
-	_, err = fmt.Sscan(string(res.Stdout), &n)
-	return n, err
-}
-
-func summarize(d []time.Duration) vmm.PauseStats {
-	l := vmm.NewPauseLog()
-	for _, x := range d {
-		l.Add(x)
-	}
-	return l.Stats()
-}
-
-func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d.Nanoseconds())/1000) }
