@@ -23,6 +23,15 @@ type dataItem struct {
 	transferName, rname string
 }
 
+// direction is the transfer function one way, with its source and
+// destination: forward from the old instance to the new one.
+func (d *dataItem) direction(forward bool) (fn uint64, name string, src, dst uint64) {
+	if forward {
+		return d.transfer, d.transferName, d.oldAddr, d.newAddr
+	}
+	return d.reverse, d.rname, d.newAddr, d.oldAddr
+}
+
 func dataItems(img *loader.Image) []*dataItem {
 	var out []*dataItem
 	for _, d := range img.Data {
@@ -87,21 +96,37 @@ func (e *Engine) startup(ctx context.Context, p *Patch) error {
 	return nil
 }
 
+// transferAll runs the forward (or reverse) transfer of each LUCOS_DATA of
+// p, on a vCPU with interrupts on or idle.
+// Precondition: the VM is paused.
+func (e *Engine) transferAll(ctx context.Context, g *gdbstub.Client, p *Patch, forward bool) error {
+	if len(p.data) == 0 {
+		return nil
+	}
+	dir := "reverse"
+	if forward {
+		dir = "forward"
+	}
+	site, err := e.pick(ctx, g, false)
+	if err != nil {
+		return fmt.Errorf("%s transfer: %w", dir, err)
+	}
+	for _, d := range p.data {
+		fn, name, src, dst := d.direction(forward)
+		if _, err := e.call(ctx, g, site, p.rt, fn, src, dst); err != nil {
+			return fmt.Errorf("%s transfer %s of %s: %w", dir, name, d.name, err)
+		}
+		p.transfers.Add(1)
+	}
+	return nil
+}
+
 // switchIn is the apply's switch, all with the VM paused: forward
 // transfers, watches, function callbacks, jumps. On failure what it did is
 // undone (the transfers wrote only the patch's own new instances).
 func (e *Engine) switchIn(ctx context.Context, g *gdbstub.Client, p *Patch) error {
-	if len(p.data) > 0 {
-		site, err := e.pick(ctx, g, false)
-		if err != nil {
-			return fmt.Errorf("forward transfer: %w", err)
-		}
-		for _, d := range p.data {
-			if _, err := e.call(ctx, g, site, p.rt, d.transfer, d.oldAddr, d.newAddr); err != nil {
-				return fmt.Errorf("forward transfer %s of %s: %w", d.transferName, d.name, err)
-			}
-			p.transfers.Add(1)
-		}
+	if err := e.transferAll(ctx, g, p, true); err != nil {
+		return err
 	}
 	if err := e.watch(g, p); err != nil {
 		e.traps.dropWatches(g, p)
@@ -175,17 +200,10 @@ func (e *Engine) switchOut(ctx context.Context, g *gdbstub.Client, p *Patch, wat
 	if err := e.unhook(g, p); err != nil {
 		return err
 	}
+	if err := e.transferAll(ctx, g, p, false); err != nil {
+		return err
+	}
 	if len(p.data) > 0 {
-		site, err := e.pick(ctx, g, false)
-		if err != nil {
-			return fmt.Errorf("reverse transfer: %w", err)
-		}
-		for _, d := range p.data {
-			if _, err := e.call(ctx, g, site, p.rt, d.reverse, d.newAddr, d.oldAddr); err != nil {
-				return fmt.Errorf("reverse transfer %s of %s: %w", d.rname, d.name, err)
-			}
-			p.transfers.Add(1)
-		}
 		if !watching {
 			if err := e.watch(g, p); err != nil {
 				e.traps.dropWatches(g, p)

@@ -207,12 +207,9 @@ func (e *Engine) onWatch(g *gdbstub.Client, ev gdbstub.StopEvent) {
 	defer func() { e.trapTimes.Add(time.Since(ev.At)) }()
 	site := callSite{tid: ev.Thread}
 	if d := w.data; d != nil {
-		fn, src, dst := d.transfer, d.oldAddr, d.newAddr
-		if !w.old {
-			fn, src, dst = d.reverse, d.newAddr, d.oldAddr
-		}
+		fn, name, src, dst := d.direction(w.old)
 		if _, err := e.call(e.ctx, g, site, p.rt, fn, src, dst); err != nil {
-			p.noteTrapError(fmt.Errorf("transfer for %s: %w", d.name, err))
+			p.noteTrapError(fmt.Errorf("transfer %s for %s: %w", name, d.name, err))
 			return
 		}
 		p.transfers.Add(1)
