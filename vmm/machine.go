@@ -207,11 +207,13 @@ func (m *Machine) dial(ctx context.Context, name string) (net.Conn, error) {
 		return nil, err
 	}
 	// QEMU binds the socket before it listens: a connection refused in
-	// between is retried.
+	// between is retried (for as long as QEMU may take to create one; a
+	// loaded host can take seconds).
 	var d net.Dialer
-	for tries := 0; ; tries++ {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
 		c, err := d.DialContext(ctx, "unix", m.sock(name))
-		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || tries == 200 {
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
 			return c, err
 		}
 		select {
