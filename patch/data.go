@@ -56,9 +56,9 @@ func (p *Patch) callbacksOf(k loader.CallbackKind) []loader.Callback {
 	return out
 }
 
-// needsTraps reports whether p watches data or hooks functions.
+// needsTraps reports whether p watches data.
 func (p *Patch) needsTraps() bool {
-	return len(p.data) > 0 || len(p.callbacksOf(loader.CallbackData)) > 0 || len(p.callbacksOf(loader.CallbackFunc)) > 0
+	return len(p.data) > 0 || len(p.callbacksOf(loader.CallbackData)) > 0
 }
 
 // runCallback runs one startup, cleanup or thread callback on a vCPU lucos
@@ -122,7 +122,7 @@ func (e *Engine) transferAll(ctx context.Context, g *gdbstub.Client, p *Patch, f
 }
 
 // switchIn is the apply's switch, all with the VM paused: forward
-// transfers, watches, function callbacks, jumps. On failure what it did is
+// transfers, watches, jumps (to replacements and function-callback stubs). On failure what it did is
 // undone (the transfers wrote only the patch's own new instances).
 func (e *Engine) switchIn(ctx context.Context, g *gdbstub.Client, p *Patch) error {
 	if err := e.transferAll(ctx, g, p, true); err != nil {
@@ -132,16 +132,8 @@ func (e *Engine) switchIn(ctx context.Context, g *gdbstub.Client, p *Patch) erro
 		e.traps.dropWatches(g, p)
 		return err
 	}
-	for _, cb := range p.callbacksOf(loader.CallbackFunc) {
-		h := &funcHook{p: p, addr: cb.SymAddr, name: cb.Spec.Symbol, fn: cb.Fn, once: cb.Spec.Once}
-		if err := e.traps.addHook(g, h); err != nil {
-			e.unhook(g, p)
-			e.traps.dropWatches(g, p)
-			return err
-		}
-	}
+	// Function callbacks are among the jumps: to their stubs.
 	if err := e.install(g, p.funcs); err != nil {
-		e.unhook(g, p)
 		e.traps.dropWatches(g, p)
 		return err
 	}
@@ -180,10 +172,6 @@ func (e *Engine) watch(g *gdbstub.Client, p *Patch) error {
 	return nil
 }
 
-func (e *Engine) unhook(g *gdbstub.Client, p *Patch) error {
-	return e.traps.dropHooks(g, func(h *funcHook) bool { return h.p == p })
-}
-
 // unwatch drops p's watches: its update has terminated.
 func (e *Engine) unwatch(ctx context.Context, p *Patch) error {
 	if !p.needsTraps() {
@@ -193,13 +181,10 @@ func (e *Engine) unwatch(ctx context.Context, p *Patch) error {
 	return err
 }
 
-// switchOut is the rollback's switch, all with the VM paused: function
-// callbacks off, reverse transfers, watches kept (or put back) for the
-// reverting window, original entries back.
+// switchOut is the rollback's switch, all with the VM paused: reverse
+// transfers, watches kept (or put back) for the reverting window, original
+// entries back (function callbacks go with them).
 func (e *Engine) switchOut(ctx context.Context, g *gdbstub.Client, p *Patch, watching bool) error {
-	if err := e.unhook(g, p); err != nil {
-		return err
-	}
 	if err := e.transferAll(ctx, g, p, false); err != nil {
 		return err
 	}

@@ -132,17 +132,38 @@ func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
 	if err != nil {
 		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
 	}
-	funcs, err := e.checkFuncs(mod.Name, img)
+	funcs, err := e.checkFuncs(img)
 	if err != nil {
 		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
+	}
+	// Function callbacks: stubs on the two pages after the patch's own.
+	end := s.va + 4096
+	for _, pg := range img.Pages {
+		end = max(end, pg.Addr+loader.PageSize)
+	}
+	if end+2*loader.PageSize > s.va+layout.SlotSize {
+		return nil, fmt.Errorf("apply %s: no room in the slot for function-callback stubs", mod.Name)
+	}
+	entry := func(va uint64) ([]byte, error) { return readEntry(e.k, va) }
+	stubs, funcs, hooks, err := buildHooks(img.Callbacks, funcs, entry, end, end+loader.PageSize)
+	if err != nil {
+		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
+	}
+	if len(funcs) == 0 && len(img.Data) == 0 && len(img.Callbacks) == 0 {
+		return nil, fmt.Errorf("apply %s: the patch replaces no function and has no data updates or callbacks", mod.Name)
+	}
+	text := textRanges(img.Text)
+	if len(stubs) > 0 {
+		text = append(text, introspect.Range{Start: end, End: end + loader.PageSize})
 	}
 	e.nextID++
 	p := &Patch{
 		id: strconv.Itoa(e.nextID), name: mod.Name, description: mod.Description, buildID: mod.BuildID,
-		release: mod.Release, funcs: funcs, slot: s, text: textRanges(img.Text), state: StateLoading,
+		release: mod.Release, funcs: funcs, slot: s, text: text, state: StateLoading,
 		history: []Event{{State: StateLoading, At: time.Now()}}, done: make(chan struct{}),
 		rt: img.Runtime, data: dataItems(img), callbacks: img.Callbacks,
 		threadSeen: map[uint64]bool{}, callbackRuns: map[string]int{},
+		hooks: hooks, k: e.k,
 	}
 	for _, w := range img.Warnings {
 		p.warnings = append(p.warnings, fmt.Sprintf("WARN at %s:%d in patch code is a NOP: the kernel knows no bug table for patch code", w.File, w.Line))
@@ -152,7 +173,7 @@ func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
 
 	// Load: the pages and their mapping, one short pause per step. Nothing
 	// refers to them until the switch.
-	steps, err := e.loadSteps(s, img.Pages)
+	steps, err := e.loadSteps(s, append(img.Pages, stubs...))
 	for _, step := range steps {
 		if err != nil {
 			break
@@ -185,7 +206,27 @@ func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
 // checkFuncs turns the linked functions into redirects, refusing a function
 // another live patch already redirects.
 // Precondition: e.mu is held.
-func (e *Engine) checkFuncs(name string, img *loader.Image) ([]Func, error) {
+func (e *Engine) checkFuncs(img *loader.Image) ([]Func, error) {
+	live := e.liveFuncs()
+	var funcs []Func
+	for _, f := range img.Funcs {
+		if id, ok := live[f.OldAddr]; ok {
+			return nil, fmt.Errorf("%w: %s is already redirected by patch %s", ErrTargetChanged, f.Old.Name, id)
+		}
+		funcs = append(funcs, Func{Name: f.Old.Name, Pos: f.Old.Pos, OldAddr: f.OldAddr, OldSize: f.Old.Size, New: f.New, Orig: append([]byte(nil), f.OldEntry[:]...)})
+	}
+	for _, cb := range img.Callbacks {
+		if id, ok := live[cb.SymAddr]; ok && cb.Spec.Kind == loader.CallbackFunc {
+			return nil, fmt.Errorf("%w: %s, which a function callback hooks, is already redirected by patch %s", ErrTargetChanged, cb.Spec.Symbol, id)
+		}
+	}
+	return funcs, nil
+}
+
+// liveFuncs maps the entry of every function a live patch redirects (or
+// hooks) to that patch's id.
+// Precondition: e.mu is held.
+func (e *Engine) liveFuncs() map[uint64]string {
 	live := map[uint64]string{}
 	for _, q := range e.patches {
 		if st := q.State(); st == StateTransitioning || st == StateCommitted || st == StateReverting {
@@ -194,17 +235,7 @@ func (e *Engine) checkFuncs(name string, img *loader.Image) ([]Func, error) {
 			}
 		}
 	}
-	var funcs []Func
-	for _, f := range img.Funcs {
-		if id, ok := live[f.OldAddr]; ok {
-			return nil, fmt.Errorf("%w: %s is already redirected by patch %s", ErrTargetChanged, f.Old.Name, id)
-		}
-		funcs = append(funcs, Func{Name: f.Old.Name, Pos: f.Old.Pos, OldAddr: f.OldAddr, OldSize: f.Old.Size, New: f.New, Orig: append([]byte(nil), f.OldEntry[:]...)})
-	}
-	if len(funcs) == 0 {
-		return nil, fmt.Errorf("patch %s replaces no function", name)
-	}
-	return funcs, nil
+	return live
 }
 
 // terminate runs in the background after a switch: once no thread is inside

@@ -82,6 +82,7 @@ func (e *Engine) release(p *Patch, switchAt time.Time) {
 		}
 		// A cleanup that fails is reported, but the patch goes anyway.
 		cerr = e.cleanup(e.ctx, g, p)
+		p.saveHookRuns()
 		freed, err = e.unload(g, p)
 		return err
 	})

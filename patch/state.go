@@ -1,6 +1,7 @@
 package patch
 
 import (
+	"encoding/binary"
 	"fmt"
 	"maps"
 	"sync"
@@ -45,6 +46,9 @@ type Func struct {
 	OldAddr uint64 `json:"old_addr"`
 	OldSize uint64 `json:"old_size"`
 	New     uint64 `json:"new_addr"`
+	// Hook: the jump goes to a function-callback stub, and the old body
+	// still runs after it; threads inside it do not hold the update.
+	Hook bool `json:"hook,omitempty"`
 	// Orig is the 5 bytes the jump replaced (the ftrace NOP).
 	Orig []byte `json:"-"`
 }
@@ -77,7 +81,9 @@ type Patch struct {
 	data         []*dataItem
 	callbacks    []loader.Callback
 	threadSeen   map[uint64]bool // tasks the thread callbacks have run for
-	callbackRuns map[string]int  // by kind
+	callbackRuns map[string]int  // by kind (function callbacks: see hooks)
+	hooks        []hook             // function-callback stubs, whose run counters are in the guest
+	k            *introspect.Kernel // reads the counters
 	shadowsFreed int
 	watching     bool         // its watches are in the guest
 	trapErr      string       // the last failure while handling a trap
@@ -90,6 +96,32 @@ func (p *Patch) countCallback(kind string) {
 	p.mu.Lock()
 	p.callbackRuns[kind]++
 	p.mu.Unlock()
+}
+
+// hookRuns reads how often the function callbacks ran. Once the slot is
+// unmapped the counters are gone: rollback saves them in callbackRuns first
+// and clears hooks.
+// Precondition: p.mu is held.
+func (p *Patch) hookRuns() int {
+	n := 0
+	for _, h := range p.hooks {
+		var b [8]byte
+		if p.k.ReadVirt(h.count, b[:]) == nil {
+			n += int(binary.LittleEndian.Uint64(b[:]))
+		}
+	}
+	return n
+}
+
+// saveHookRuns keeps the function callbacks' counts before the slot that
+// holds them goes.
+func (p *Patch) saveHookRuns() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := p.hookRuns(); n > 0 {
+		p.callbackRuns["func"] += n
+	}
+	p.hooks = nil
 }
 
 func (p *Patch) setWatching(on bool) {
@@ -157,8 +189,14 @@ func (p *Patch) Info() Info {
 	for _, d := range p.data {
 		in.Data = append(in.Data, DataInfo{Name: d.name, OldAddr: d.oldAddr, NewAddr: d.newAddr, OldSize: d.oldSize, NewSize: d.newSize})
 	}
-	if len(p.callbackRuns) > 0 {
+	if len(p.callbackRuns) > 0 || len(p.hooks) > 0 {
 		in.Callbacks = maps.Clone(p.callbackRuns)
+		if in.Callbacks == nil {
+			in.Callbacks = map[string]int{}
+		}
+		if n := p.hookRuns(); n > 0 {
+			in.Callbacks["func"] += n
+		}
 	}
 	in.Watching = p.watching
 	if p.slot != nil {

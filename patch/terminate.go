@@ -55,9 +55,11 @@ func (e *Engine) waitClear(ctx context.Context, p *Patch, ranges []introspect.Ra
 // oldRanges are the old functions' bodies: while a thread is inside one,
 // the update has not terminated.
 func oldRanges(funcs []Func) []introspect.Range {
-	r := make([]introspect.Range, len(funcs))
-	for i, f := range funcs {
-		r[i] = introspect.Range{Start: f.OldAddr, End: f.OldAddr + f.OldSize}
+	var r []introspect.Range
+	for _, f := range funcs {
+		if !f.Hook {
+			r = append(r, introspect.Range{Start: f.OldAddr, End: f.OldAddr + f.OldSize})
+		}
 	}
 	return r
 }

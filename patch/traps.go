@@ -8,11 +8,10 @@ import (
 	"github.com/lucos/lucos/vmm"
 )
 
-// Traps are the watchpoints and breakpoints lucos keeps in the guest while
-// patches need them: write watches on the old and new versions of changed
-// data (and on instances with data callbacks), and breakpoints at the
-// entries of functions with function callbacks. QEMU reports their hits to
-// the Machine's trap handler, Engine.onTrap.
+// Traps are the watchpoints lucos keeps in the guest while patches need
+// them: write watches on the old and new versions of changed data, and on
+// instances with data callbacks. QEMU reports their hits to the Machine's
+// trap handler, Engine.onTrap. (Function callbacks need no trap: hooks.go.)
 //
 // The trap set is only touched with the VM stopped and the Machine's lock
 // held (inside WithPaused, or in the trap handler), which serialises it.
@@ -28,24 +27,12 @@ type watch struct {
 
 func (w *watch) contains(a uint64) bool { return a >= w.addr && a < w.addr+w.size }
 
-// funcHook is a function callback: a breakpoint at a function's entry.
-type funcHook struct {
-	p    *Patch
-	addr uint64
-	name string
-	fn   uint64
-	once bool
-}
-
 // trapSet is every trap lucos wants in the guest. placed says whether they
 // are in the guest now: guest calls lift them so the call runs through.
 type trapSet struct {
 	watches []*watch
-	hooks   map[uint64][]*funcHook // by function address: one breakpoint each
 	lifted  bool
 }
-
-func (t *trapSet) empty() bool { return len(t.watches) == 0 && len(t.hooks) == 0 }
 
 // addWatch starts watching w.
 func (t *trapSet) addWatch(g *gdbstub.Client, w *watch) error {
@@ -79,44 +66,6 @@ func (t *trapSet) dropWatches(g *gdbstub.Client, p *Patch) error {
 	return first
 }
 
-// addHook sets a function callback.
-func (t *trapSet) addHook(g *gdbstub.Client, h *funcHook) error {
-	if t.hooks == nil {
-		t.hooks = map[uint64][]*funcHook{}
-	}
-	if len(t.hooks[h.addr]) == 0 && !t.lifted {
-		if err := g.InsertBreakpoint(h.addr); err != nil {
-			return fmt.Errorf("breakpoint at %s: %w", h.name, err)
-		}
-	}
-	t.hooks[h.addr] = append(t.hooks[h.addr], h)
-	return nil
-}
-
-// dropHooks removes the function callbacks matching drop.
-func (t *trapSet) dropHooks(g *gdbstub.Client, drop func(*funcHook) bool) error {
-	var first error
-	for addr, hs := range t.hooks {
-		var keep []*funcHook
-		for _, h := range hs {
-			if !drop(h) {
-				keep = append(keep, h)
-			}
-		}
-		if len(keep) > 0 {
-			t.hooks[addr] = keep
-			continue
-		}
-		delete(t.hooks, addr)
-		if !t.lifted {
-			if err := g.RemoveBreakpoint(addr); err != nil && first == nil {
-				first = err
-			}
-		}
-	}
-	return first
-}
-
 // lift takes every trap out of the guest (they stay in the set).
 func (t *trapSet) lift(g *gdbstub.Client) error {
 	if t.lifted {
@@ -126,11 +75,6 @@ func (t *trapSet) lift(g *gdbstub.Client) error {
 	for _, w := range t.watches {
 		if err := g.RemoveWatchpoint(gdbstub.WatchWrite, w.addr, w.size); err != nil {
 			return fmt.Errorf("lift watch %#x: %w", w.addr, err)
-		}
-	}
-	for addr := range t.hooks {
-		if err := g.RemoveBreakpoint(addr); err != nil {
-			return fmt.Errorf("lift breakpoint %#x: %w", addr, err)
 		}
 	}
 	return nil
@@ -147,16 +91,10 @@ func (t *trapSet) place(g *gdbstub.Client) error {
 			return fmt.Errorf("place watch %#x: %w", w.addr, err)
 		}
 	}
-	for addr := range t.hooks {
-		if err := g.InsertBreakpoint(addr); err != nil {
-			return fmt.Errorf("place breakpoint %#x: %w", addr, err)
-		}
-	}
 	return nil
 }
 
-// onTrap is the Machine's trap handler: a watch or a breakpoint of lucos's
-// was hit. It runs with the VM stopped and returns with it stopped.
+// onTrap is the Machine's trap handler: a watch of lucos's was hit. It runs with the VM stopped and returns with it stopped.
 func (e *Engine) onTrap(g *gdbstub.Client, ev gdbstub.StopEvent) {
 	if e.stray != nil && returned(ev, e.stray.done) {
 		e.finishStray(g, ev.Thread)
@@ -166,15 +104,7 @@ func (e *Engine) onTrap(g *gdbstub.Client, ev gdbstub.StopEvent) {
 		e.onWatch(g, ev)
 		return
 	}
-	rip, err := g.ReadRegister(ev.Thread, "rip")
-	if err != nil {
-		e.log.Warn("trap: read rip", "stop", ev, "err", err)
-		return
-	}
-	if hs := e.traps.hooks[rip]; len(hs) > 0 {
-		e.onHook(g, ev.Thread, rip, hs)
-		return
-	}
+	rip, _ := g.ReadRegister(ev.Thread, "rip")
 	e.log.Warn("trap: a stop lucos did not ask for", "stop", ev, "rip", e.k.FormatAddr(rip))
 }
 
@@ -220,38 +150,5 @@ func (e *Engine) onWatch(g *gdbstub.Client, ev gdbstub.StopEvent) {
 			return
 		}
 		p.countCallback("data")
-	}
-}
-
-// onHook runs the function callbacks of the function whose entry vCPU tid
-// reached, with the function's arguments, then steps the vCPU over the
-// breakpoint (or drops it, for callbacks that run once).
-func (e *Engine) onHook(g *gdbstub.Client, tid int, addr uint64, hs []*funcHook) {
-	args := make([]uint64, 5)
-	for i, r := range argRegs[:5] { // the function's own: rdi, rsi, rdx, rcx, r8
-		args[i], _ = g.ReadRegister(tid, r)
-	}
-	for _, h := range hs {
-		if _, err := e.call(e.ctx, g, callSite{tid: tid}, h.p.rt, h.fn, args...); err != nil {
-			h.p.noteTrapError(fmt.Errorf("function callback on %s: %w", h.name, err))
-		}
-		h.p.countCallback("func")
-	}
-	if err := e.traps.dropHooks(g, func(h *funcHook) bool { return h.addr == addr && h.once }); err != nil {
-		e.log.Warn("trap: drop once-only callbacks", "err", err)
-	}
-	if len(e.traps.hooks[addr]) == 0 {
-		return
-	}
-	// Step over the breakpoint: without it for one instruction.
-	if err := g.RemoveBreakpoint(addr); err != nil {
-		e.log.Warn("trap: step over", "err", err)
-		return
-	}
-	if _, err := g.Step(tid); err != nil {
-		e.log.Warn("trap: step over", "err", err)
-	}
-	if err := g.InsertBreakpoint(addr); err != nil {
-		e.log.Warn("trap: step over", "err", err)
 	}
 }

@@ -52,10 +52,24 @@ var examples = []example{
 	{dir: "new-data", funcs: []string{"cmdline_proc_show"}, uses: []string{"saved_command_line"},
 		present: []string{".smp_locks"}, // the lock prefix of atomic_long_inc_return
 	},
+	{dir: "hot-paths", funcs: hotPaths, uses: origs(hotPaths)},
 	{dir: "bad/bad-ex-table", funcs: []string{"__x64_sys_time"}, present: []string{"__ex_table", ".altinstructions"}, bad: "ex-table"},
 	{dir: "bad/bad-unknown-symbol", funcs: []string{"cmdline_proc_show"}, uses: []string{"lucos_no_such_symbol"}, bad: "unknown"},
 	{dir: "bad/bad-ambiguous", funcs: []string{"cmdline_proc_show"}, uses: []string{"name_show"}, bad: "ambiguous"},
 	{dir: "bad/bad-not-function", funcs: []string{"linux_proc_banner"}, bad: "not-function"},
+}
+
+// hotPaths are the functions examples/patches/hot-paths wraps.
+var hotPaths = []string{"__x64_sys_getpid", "__x64_sys_write", "ksys_read", "kernel_clone", "__x64_sys_execve",
+	"do_sys_openat2", "close_fd", "do_unlinkat", "ksys_pread64", "ksys_pwrite64", "do_fcntl"}
+
+// origs names the LUCOS_ORIG symbols of funcs.
+func origs(funcs []string) []string {
+	var out []string
+	for _, f := range funcs {
+		out = append(out, "__lucos_orig__"+f)
+	}
+	return out
 }
 
 var kernel struct {
@@ -215,7 +229,7 @@ func TestExampleWarnings(t *testing.T) {
 	}) {
 		t.Errorf("warnings %q do not mention __ex_table", res.Warnings)
 	}
-	for _, dir := range []string{"cmdline-string", "meminfo-string", "uname", "static-call", "multi", "new-data"} {
+	for _, dir := range []string{"cmdline-string", "meminfo-string", "uname", "static-call", "multi", "new-data", "hot-paths"} {
 		res, _ := buildExample(t, "examples/patches/"+dir)
 		if len(res.Warnings) != 0 {
 			t.Errorf("%s: warnings %q", dir, res.Warnings)

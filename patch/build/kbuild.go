@@ -199,7 +199,9 @@ var (
 	gccDiag      = regexp.MustCompile(`^(.+?):(\d+):(\d+): (error|fatal error|warning|note): (.*)$`)
 	gccContext   = regexp.MustCompile(`^(In file included from |\s+from |.+?: In (function|member function|static function) |.+?: At top level:|cc1: |\s*\d*\s+\|)`)
 	modpostUndef = regexp.MustCompile(`^WARNING: modpost: "([^"]+)" \[.*\] undefined!$`)
-	makeNoise    = regexp.MustCompile(`^(make(\[\d+\])?: |Skipping BTF generation|  [A-Z]+ +(\[M\] +)?/)`)
+	// modpost names at most 10 undefined symbols, then counts the rest.
+	modpostMoreUndef = regexp.MustCompile(`^WARNING: modpost: suppressed \d+ unresolved symbol warnings`)
+	makeNoise        = regexp.MustCompile(`^(make(\[\d+\])?: |Skipping BTF generation|  [A-Z]+ +(\[M\] +)?/)`)
 )
 
 // diagnose picks out of kbuild's stderr what a patch author needs: the
@@ -232,6 +234,9 @@ func (kb *kbuild) diagnose(stderr string) ([]Diagnostic, []string) {
 		if m := modpostUndef.FindStringSubmatch(line); m != nil {
 			kb.unexported = append(kb.unexported, m[1])
 			continue
+		}
+		if modpostMoreUndef.MatchString(line) {
+			continue // unresolved symbols are lucos's to resolve, not a warning
 		}
 		switch {
 		case strings.HasPrefix(line, "WARNING: modpost: "):
