@@ -79,6 +79,14 @@ func TestRunCommandCPUs(t *testing.T) {
 	}
 }
 
+func TestRunWithBugsModule(t *testing.T) {
+	testvm.Options(t)
+	r := lucos(t, nil, "run", "--bugs", "--", "cat", "/proc/lucos_bugs/stats")
+	if r.code != 0 || r.stdout != "count=0 total_ms=0\n" {
+		t.Fatalf("exit %d, stdout %q, stderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+}
+
 func TestRunCommandExitStatus(t *testing.T) {
 	testvm.Options(t)
 	r := lucos(t, nil, "run", "--", "sh", "-c", "echo to-stderr >&2; exit 3")

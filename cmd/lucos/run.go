@@ -12,6 +12,8 @@ import (
 
 	"github.com/lucos/lucos/api"
 	"github.com/lucos/lucos/guest"
+	"github.com/lucos/lucos/guestmod"
+	"github.com/lucos/lucos/initramfs"
 	"github.com/lucos/lucos/launch"
 	"github.com/lucos/lucos/vmm"
 )
@@ -64,6 +66,7 @@ func (f *guestFlags) options() (launch.Options, error) {
 func newRunCmd() *cobra.Command {
 	var gf guestFlags
 	var apiSock string
+	var bugs bool
 	cmd := &cobra.Command{
 		Use:   "run [flags] [-- CMD ARGS...]",
 		Short: "Boot a guest; run CMD in it, or attach its console",
@@ -82,18 +85,52 @@ The guest kernel is the stock Debian bookworm kernel, fetched on first use
 reserved (memmap=) for patch code.`,
 		Example: `  lucos run --cpus 2 -- grep -c ^processor /proc/cpuinfo
   lucos run --api-sock /tmp/vm.sock          # interactive; from another shell:
-  lucos exec --api-sock /tmp/vm.sock -- uname -r`,
+  lucos exec --api-sock /tmp/vm.sock -- uname -r
+  lucos run --bugs --api-sock /tmp/vm.sock   # with the module the data and callback examples fix`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts, err := gf.options()
 			if err != nil {
 				return err
 			}
+			if bugs {
+				if opts, err = withBugs(cmd.Context(), opts); err != nil {
+					return err
+				}
+			}
 			return run(cmd.Context(), opts, apiSock, args)
 		},
 	}
 	gf.add(cmd)
+	cmd.Flags().BoolVar(&bugs, "bugs", false, "build the lucos_bugs test module (examples/guestmod) and load it at boot: the examples deadlock-fix, data-layout, shadow-newfield and callbacks patch it")
 	cmd.Flags().StringVar(&apiSock, "api-sock", "", "serve the control API on this unix socket (default: api.sock in the run directory)")
 	return cmd
+}
+
+// withBugs builds the lucos_bugs module for the guest's release (kbuild
+// output goes to a temporary directory) and adds it to opts's initramfs.
+func withBugs(ctx context.Context, opts launch.Options) (launch.Options, error) {
+	img, err := guest.Fetch(ctx, opts.Image)
+	if err != nil {
+		return opts, err
+	}
+	dir, err := os.MkdirTemp("", "lucos-bugs-")
+	if err != nil {
+		return opts, err
+	}
+	fmt.Fprintln(os.Stderr, "lucos: building the lucos_bugs module…")
+	ko, err := guestmod.Build(ctx, img, dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return opts, err
+	}
+	// The initramfs reads the .ko when launch builds it; the directory
+	// goes then.
+	prev := guestmod.Extend(ko, opts.Extend)
+	opts.Extend = func(a *initramfs.Archive) error {
+		defer os.RemoveAll(dir)
+		return prev(a)
+	}
+	return opts, nil
 }
 
 func run(ctx context.Context, opts launch.Options, apiSock string, argv []string) error {
