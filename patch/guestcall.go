@@ -163,7 +163,13 @@ func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSit
 			return 0, err
 		}
 	}
-	ev, err := e.runCall(ctx, g, tid, rt.Done)
+	ev, err := e.runCall(ctx, g, tid, rt, site.idle)
+	if errors.Is(err, errNotStarted) {
+		// Safe to undo: nothing of the call ran.
+		g.RemoveWatchpoint(gdbstub.WatchWrite, rt.Done, 8)
+		g.WriteRegisters(tid, saved)
+		return 0, fmt.Errorf("guest call on vCPU %d: %w (it stayed halted)", tid, err)
+	}
 	if err != nil {
 		if errors.Is(err, ErrCallTimeout) {
 			// The call still runs somewhere: its registers must not be
@@ -177,42 +183,74 @@ func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSit
 	return e.finishCall(g, ev.Thread, saved, rt.Done)
 }
 
-// runCall runs vCPU tid alone until the trampoline's store to done stops
-// it; if it does not within callAlone, every vCPU runs until callTimeout.
-// Other stops on the way (there are none while lucos's traps are lifted)
-// end the call with an error.
-func (e *Engine) runCall(ctx context.Context, g *gdbstub.Client, tid int, done uint64) (gdbstub.StopEvent, error) {
-	if _, err := g.ContinueThread(tid); err != nil {
-		return gdbstub.StopEvent{}, err
+// runCall runs vCPU tid alone until the trampoline's store to rt.Done
+// stops it. A call on a kicked vCPU that has not even started is kicked
+// once more. If it does not return within callAlone, every vCPU runs until
+// callTimeout. A call that never started (its vCPU never woke) is reported
+// as errNotStarted: its registers may then be put back.
+func (e *Engine) runCall(ctx context.Context, g *gdbstub.Client, tid int, rt loader.Runtime, kicked bool) (gdbstub.StopEvent, error) {
+	ev, ok, err := e.runUntil(ctx, g, tid, callAlone, rt.Done)
+	if err != nil || ok {
+		return ev, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, callAlone)
+	if kicked && notStarted(g, tid, rt.Call) {
+		e.log.Warn("guest call: the vCPU did not wake; kicking it again", "vcpu", tid)
+		if err := kick(g, tid); err != nil {
+			return ev, err
+		}
+		if ev, ok, err = e.runUntil(ctx, g, tid, callAlone, rt.Done); err != nil || ok {
+			return ev, err
+		}
+	}
+	e.log.Warn("guest call: running every vCPU until it returns", "vcpu", tid)
+	e.slowCalls.Add(1)
+	if ev, ok, err = e.runUntil(ctx, g, 0, callTimeout-callAlone, rt.Done); err != nil || ok {
+		return ev, err
+	}
+	if notStarted(g, tid, rt.Call) {
+		return ev, errNotStarted
+	}
+	return ev, fmt.Errorf("%w within %v on vCPU %d", ErrCallTimeout, callTimeout, tid)
+}
+
+// errNotStarted: the vCPU of a call never ran its first instruction.
+var errNotStarted = errors.New("the vCPU never started the call")
+
+// notStarted reports whether vCPU tid is still at the call's entry.
+func notStarted(g *gdbstub.Client, tid int, entry uint64) bool {
+	rip, err := g.ReadRegister(tid, "rip")
+	return err == nil && rip == entry
+}
+
+// runUntil runs vCPU tid (every vCPU for tid 0) for at most d and reports
+// whether it stopped at the trampoline's store to done; the VM is stopped
+// when it returns. Another stop ends it with an error.
+func (e *Engine) runUntil(ctx context.Context, g *gdbstub.Client, tid int, d time.Duration, done uint64) (gdbstub.StopEvent, bool, error) {
+	var err error
+	if tid == 0 {
+		_, err = g.Continue()
+	} else {
+		_, err = g.ContinueThread(tid)
+	}
+	if err != nil {
+		return gdbstub.StopEvent{}, false, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, d)
 	ev, err := g.Wait(wctx)
 	cancel()
 	if err != nil {
-		// Stop the lone vCPU; its stop may be the trampoline after all.
-		ev, err = g.Stop(context.WithoutCancel(ctx))
-		if err != nil {
-			return ev, err
+		// Time is up: stop. The stop may be the trampoline after all.
+		if ev, err = g.Stop(context.WithoutCancel(ctx)); err != nil {
+			return ev, false, err
 		}
-		if !returned(ev, done) {
-			e.log.Warn("guest call: running every vCPU until it returns", "vcpu", tid)
-			e.slowCalls.Add(1)
-			if _, err := g.Continue(); err != nil {
-				return ev, err
-			}
-			wctx, cancel := context.WithTimeout(ctx, callTimeout-callAlone)
-			ev, err = g.Wait(wctx)
-			cancel()
-			if err != nil {
-				g.Stop(context.WithoutCancel(ctx))
-				return ev, fmt.Errorf("%w within %v on vCPU %d", ErrCallTimeout, callTimeout, tid)
-			}
+		if ev.Signal == gdbstub.SignalInterrupt {
+			return ev, false, nil
 		}
 	}
 	if !returned(ev, done) {
-		return ev, fmt.Errorf("guest call on vCPU %d: stopped elsewhere (%s)", tid, ev)
+		return ev, false, fmt.Errorf("guest call: stopped elsewhere (%s)", ev)
 	}
-	return ev, nil
+	return ev, true, nil
 }
 
 // returned reports whether ev is the trampoline's store to done.
