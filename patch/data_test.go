@@ -249,18 +249,51 @@ func TestCallbacks(t *testing.T) {
 	noKernelComplaints(t, r.m)
 }
 
+// moduleAddr is the runtime address of a symbol of a guest module.
+func (r *rig) moduleAddr(t *testing.T, name string) uint64 {
+	t.Helper()
+	mods, err := r.k.Modules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mods {
+		if s, err := m.Symbol(name, 0); err == nil {
+			return s.Addr
+		}
+	}
+	t.Fatalf("no module defines %s", name)
+	return 0
+}
+
 // TestGuestCallTimeout: a callback that cannot finish while the other vCPUs
-// are stopped (it waits for the other CPU) finishes once every vCPU runs;
-// one that outlasts the call timeout fails the apply without harm, and when
-// it returns at last its vCPU is restored and its slot freed.
+// are stopped (it waits for a lock another CPU holds) finishes once every
+// vCPU runs; one that outlasts the call timeout fails the apply without
+// harm, and when it returns at last its vCPU is restored and its slot freed.
 func TestGuestCallTimeout(t *testing.T) {
 	r := newBugsRig(t)
 	good := buildPatch(t, "examples/patches/cmdline-string")
 	old := r.sh(t, "cat /proc/cmdline")
 
 	t.Run("needs every vCPU", func(t *testing.T) {
+		holder := r.moduleAddr(t, "lucos_bugs_lock_holder")
 		slow := r.e.SlowCalls()
-		p := r.apply(t, buildPatch(t, "patch/testdata/ipi-startup"))
+		// Another CPU holds lucos_bugs_lock, interrupts off, until 0.1 s
+		// after the callback starts waiting for it.
+		held := make(chan error, 1)
+		go func() {
+			_, err := r.m.ExecScript(context.Background(), "echo 'hold 100' > /proc/lucos_bugs/deadlock")
+			held <- err
+		}()
+		defer func() {
+			if err := <-held; err != nil {
+				t.Error(err)
+			}
+		}()
+		waitFor(t, "the lock to be held", func() bool {
+			var b [4]byte
+			return r.k.ReadVirt(holder, b[:]) == nil && binary.LittleEndian.Uint32(b[:]) != 0
+		})
+		p := r.apply(t, buildPatch(t, "patch/testdata/lock-startup"))
 		if r.e.SlowCalls() == slow {
 			t.Errorf("the call returned while the other vCPUs were stopped; the test proves nothing")
 		}
@@ -281,16 +314,7 @@ func TestGuestCallTimeout(t *testing.T) {
 			t.Fatal("no guest call pending after the timeout")
 		}
 		// Let the callback return: set the flag it spins on.
-		mods, err := r.k.Modules()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var flag uint64
-		for _, m := range mods {
-			if s, err := m.Symbol("lucos_bugs_released", 0); err == nil {
-				flag = s.Addr
-			}
-		}
+		flag := r.moduleAddr(t, "lucos_bugs_released")
 		one := []byte{1, 0, 0, 0}
 		if _, err := r.m.WithPaused(context.Background(), func(g *gdbstub.Client) error {
 			m, err := r.k.Walker.Translate(flag)
@@ -303,6 +327,10 @@ func TestGuestCallTimeout(t *testing.T) {
 			return g.WriteMemory(m.PA+flag-m.VA, one)
 		}); err != nil {
 			t.Fatal(err)
+		}
+		var b [4]byte
+		if err := r.k.ReadVirt(flag, b[:]); err != nil || b[0] != 1 {
+			t.Fatalf("the flag reads %v after the write (%v)", b, err)
 		}
 		waitFor(t, "the late call to be restored", func() bool { return r.e.PendingCall() == 0 })
 		if out := r.sh(t, "cat /proc/cmdline"); out != old {

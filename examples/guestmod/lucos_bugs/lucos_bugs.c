@@ -8,7 +8,9 @@
  *   deadlock  write "trigger": lucos_bugs_deadlock_op(1) returns holding
  *             lucos_bugs_lock (the LUCOS paper's bug), so the next reader
  *             spins forever; the writer itself lives on (see
- *             deadlock_write). "ok": the correct path. Read: "ok <count>".
+ *             deadlock_write). "ok": the correct path. "hold N": hold the
+ *             lock, interrupts off, until lucos_bugs_waiting is set, then
+ *             N ms more. Read: "ok <count>".
  *   stats     write "add N", "hold N" (blocks until "release"), "release".
  *             Read: "count=C total_ms=T".
  *   seen      read: the count the last "hold" saw after its update.
@@ -17,6 +19,7 @@
  *   events    read: the lines patches noted with lucos_bugs_note, in order
  *             (the callbacks example logs its callbacks here).
  */
+#include <linux/delay.h>
 #include <linux/kernel.h>
 #include <linux/module.h>
 #include <linux/proc_fs.h>
@@ -42,6 +45,29 @@ noinline int lucos_bugs_deadlock_op(int bad)
 	lucos_bugs_lock_holder = 0;
 	spin_unlock(&lucos_bugs_lock);
 	return 0;
+}
+
+/*
+ * A test's lock holder: takes the lock with interrupts off, waits (busy, up
+ * to 5 s) until someone announces in lucos_bugs_waiting that it waits for
+ * the lock, holds it ms milliseconds more, and releases it. A test uses it
+ * to make a guest call wait for a vCPU that lucos has stopped.
+ */
+int lucos_bugs_waiting;
+
+noinline void lucos_bugs_lock_hold(unsigned int ms)
+{
+	unsigned long flags;
+	int i;
+
+	spin_lock_irqsave(&lucos_bugs_lock, flags);
+	lucos_bugs_lock_holder = task_pid_nr(current);
+	for (i = 0; i < 5000 && !READ_ONCE(lucos_bugs_waiting); i++)
+		mdelay(1);
+	mdelay(ms);
+	WRITE_ONCE(lucos_bugs_waiting, 0);
+	lucos_bugs_lock_holder = 0;
+	spin_unlock_irqrestore(&lucos_bugs_lock, flags);
 }
 
 noinline int lucos_bugs_deadlock_show(struct seq_file *m, void *v)
@@ -209,10 +235,17 @@ static ssize_t deadlock_write(struct file *f, const char __user *ubuf, size_t co
 		lucos_bugs_deadlock_op(1);
 		if (preempt_count() > pc)
 			preempt_enable();
-	} else if (!strcmp(buf, "ok"))
+	} else if (!strcmp(buf, "ok")) {
 		lucos_bugs_deadlock_op(0);
-	else
+	} else if (!strncmp(buf, "hold ", 5)) {
+		unsigned int ms;
+
+		if (kstrtouint(buf + 5, 10, &ms) || ms > 2000)
+			return -EINVAL;
+		lucos_bugs_lock_hold(ms);
+	} else {
 		return -EINVAL;
+	}
 	return count;
 }
 

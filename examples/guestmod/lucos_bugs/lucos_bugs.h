@@ -20,6 +20,8 @@ extern pid_t lucos_bugs_lock_holder;	/* who took the lock; 0 once released */
 extern unsigned long lucos_bugs_lock_count;
 int lucos_bugs_deadlock_op(int bad);
 int lucos_bugs_deadlock_show(struct seq_file *m, void *v);
+void lucos_bugs_lock_hold(unsigned int ms);
+extern int lucos_bugs_waiting;	/* set by a test's waiter: lucos_bugs_lock_hold lets go soon after */
 
 /* (b) stats: a global instance whose layout a patch changes. */
 struct lucos_bugs_stats {
