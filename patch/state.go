@@ -80,8 +80,8 @@ type Patch struct {
 	rt           loader.Runtime // the patch runtime's entry points
 	data         []*dataItem
 	callbacks    []loader.Callback
-	threadSeen   map[uint64]bool // tasks the thread callbacks have run for
-	callbackRuns map[string]int  // by kind (function callbacks: see hooks)
+	threadSeen   map[uint64]bool    // tasks the thread callbacks have run for
+	callbackRuns map[string]int     // by kind (function callbacks: see hooks)
 	hooks        []hook             // function-callback stubs, whose run counters are in the guest
 	k            *introspect.Kernel // reads the counters
 	shadowsFreed int
