@@ -175,7 +175,8 @@ func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSit
 			// The call still runs somewhere: its registers must not be
 			// restored now. The watch stays; the trap handler finishes
 			// the call when it gets there.
-			e.stray = &strayCall{tid: tid, saved: saved, done: rt.Done}
+			e.stray = &strayCall{tid: tid, saved: saved, done: rt.Done, trampoline: rt.Trampoline}
+			go e.awaitStray(e.stray)
 		}
 		return 0, err
 	}
@@ -290,10 +291,51 @@ func (e *Engine) finishCall(g *gdbstub.Client, at int, saved *gdbstub.Registers,
 // strayCall is a guest call that timed out: when its vCPU reaches the
 // trampoline at last, the trap handler restores it.
 type strayCall struct {
-	tid   int
-	saved *gdbstub.Registers
-	done  uint64                  // the runtime's __lucos_call_done, watched
-	then  func(g *gdbstub.Client) // what waits for the call (e.g. unmapping its slot)
+	tid        int
+	saved      *gdbstub.Registers
+	done       uint64                  // the runtime's __lucos_call_done, watched
+	trampoline uint64                  // where the call returns to, and loops
+	then       func(g *gdbstub.Client) // what waits for the call (e.g. unmapping its slot)
+}
+
+// strayPoll is how often lucos looks for a late call in its trampoline.
+const strayPoll = 100 * time.Millisecond
+
+// trampolineLen bounds __lucos_trampoline: a store (7 bytes), pause, jmp.
+const trampolineLen = 16
+
+// awaitStray looks, every strayPoll, for a vCPU looping in the late call's
+// trampoline: normally the watch on done reports the return first, but a
+// return the watch missed (seen under heavy host load) must not leave a
+// vCPU looping there for good.
+func (e *Engine) awaitStray(s *strayCall) {
+	for {
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-time.After(strayPoll):
+		}
+		pending := true
+		e.m.WithPaused(e.ctx, func(g *gdbstub.Client) error {
+			if e.stray != s {
+				pending = false // finished by the trap handler
+				return nil
+			}
+			for _, tid := range g.Threads() {
+				rip, err := g.ReadRegister(tid, "rip")
+				if err == nil && rip >= s.trampoline && rip < s.trampoline+trampolineLen {
+					e.log.Warn("guest call: found returned in its trampoline (its watch did not fire)", "vcpu", tid)
+					e.finishStray(g, tid)
+					pending = false
+					return nil
+				}
+			}
+			return nil
+		})
+		if !pending {
+			return
+		}
+	}
 }
 
 // finishStray completes a timed-out call that has reached its trampoline.
