@@ -60,8 +60,8 @@ var examples = []example{
 }
 
 // hotPaths are the functions examples/patches/hot-paths wraps.
-var hotPaths = []string{"__x64_sys_getpid", "__x64_sys_write", "ksys_read", "kernel_clone", "__x64_sys_execve",
-	"do_sys_openat2", "close_fd", "do_unlinkat", "ksys_pread64", "ksys_pwrite64", "do_fcntl"}
+var hotPaths = []string{"__x64_sys_getpid", "__x64_sys_write", "__x64_sys_read", "__x64_sys_clone", "__x64_sys_execve",
+	"__x64_sys_openat", "__x64_sys_close", "__x64_sys_unlink", "__x64_sys_pread64", "__x64_sys_pwrite64", "__x64_sys_fcntl"}
 
 // origs names the LUCOS_ORIG symbols of funcs.
 func origs(funcs []string) []string {
