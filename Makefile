@@ -48,8 +48,11 @@ test: guest
 test-unit: build
 	$(GO) test -count=1 -short ./...
 
+# Every benchmark scenario on fresh guests (~20 min on 2 cores, TCG), then
+# docs/BENCHMARKS.md and its figures (docs/bench/*.svg) regenerated from
+# the run; progress goes to stderr, the tables to stdout.
 bench: guest
-	$(LUCOS) bench all
+	$(LUCOS) bench all --report docs/BENCHMARKS.md --command "make bench"
 
 fmt:
 	gofmt -l -w .

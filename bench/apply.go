@@ -45,15 +45,11 @@ func Apply(ctx context.Context, opts launch.Options, progress io.Writer) (*Resul
 	if err != nil {
 		return nil, err
 	}
-	klpDir, err := examples.Extract("klp/cmdline-klp", tmp)
+	klp, err := buildKLP(ctx, opts.Image.Release, tmp)
 	if err != nil {
 		return nil, err
 	}
-	klp, err := build.BuildModule(ctx, klpDir, build.Options{Release: opts.Image.Release, Output: filepath.Join(tmp, "klp.ko")})
-	if err != nil {
-		return nil, err
-	}
-	opts.Extend = func(a *initramfs.Archive) error { return a.AddHostFile(klpPath, klp, 0o644) }
+	opts.Extend = extendKLP(klp, opts.Extend)
 
 	fmt.Fprintln(progress, "apply: booting the guest")
 	m, err := launch.Start(ctx, opts)
@@ -111,11 +107,11 @@ func Apply(ctx context.Context, opts launch.Options, progress io.Writer) (*Resul
 	var klpOn, klpOff []float64
 	for i := 0; i < klpCycles; i++ {
 		fmt.Fprintf(progress, "apply: livepatch cycle %d/%d\n", i+1, klpCycles)
-		on, off, err := klpCycle(ctx, m)
+		c, err := klpCycle(ctx, m)
 		if err != nil {
 			return nil, err
 		}
-		klpOn, klpOff = append(klpOn, on), append(klpOff, off)
+		klpOn, klpOff = append(klpOn, c.onMS()), append(klpOff, c.offMS())
 	}
 	rows := []Row{
 		distribution("lucos apply: guest-visible pause of the switch", "ms", scale(pause, 1e-3)),
@@ -136,35 +132,46 @@ func Apply(ctx context.Context, opts launch.Options, progress io.Writer) (*Resul
 }
 
 // klpScript enables and disables the livepatch module once and prints the
-// guest's monotonic clock (ns, from /proc/timer_list) at each step.
+// guest's monotonic clock (ns, from /proc/timer_list) at each step. It polls
+// every 10 ms without forking (a timed read of a FIFO nobody writes, not
+// sleep(1), which forks): a workload running beside it loses nothing to
+// the polling itself.
 const klpScript = `now() { awk '/^now at/ {print $3; exit}' /proc/timer_list; }
+[ -p /run/lucos-nap ] || mkfifo /run/lucos-nap; exec 9<> /run/lucos-nap
+nap() { read -t 0.01 x <&9; }
 f=/sys/kernel/livepatch/cmdline_klp/transition
-settle() { while [ -e $f ] && [ "$(cat $f 2>/dev/null)" = 1 ]; do sleep 0.01; done; }
+settle() { while [ -e $f ] && read v < $f 2>/dev/null && [ "$v" = 1 ]; do nap; done; }
 t0=$(now); insmod ` + klpPath + ` || exit 1; settle; t1=$(now)
 echo 0 > /sys/kernel/livepatch/cmdline_klp/enabled; settle; t2=$(now)
-while ! rmmod cmdline_klp 2>/dev/null; do sleep 0.01; done
+while ! rmmod cmdline_klp 2>/dev/null; do nap; done
 echo $t0 $t1 $t2`
 
+// klpTimes are one livepatch cycle's steps on the guest's clock
+// (CLOCK_MONOTONIC, ns): insmod starts, the enable transition is done, the
+// disable transition is done.
+type klpTimes struct{ Insmod, Enabled, Disabled int64 }
+
+func (c klpTimes) onMS() float64  { return float64(c.Enabled-c.Insmod) / 1e6 }
+func (c klpTimes) offMS() float64 { return float64(c.Disabled-c.Enabled) / 1e6 }
+
 // klpCycle enables and disables the livepatch module in the guest and
-// returns how long each transition took (ms), by the guest's clock.
-func klpCycle(ctx context.Context, m *vmm.Machine) (on, off float64, err error) {
+// returns when each step happened, by the guest's clock.
+func klpCycle(ctx context.Context, m *vmm.Machine) (klpTimes, error) {
 	res, err := m.ExecScript(ctx, klpScript)
 	if err != nil {
-		return 0, 0, err
+		return klpTimes{}, err
 	}
 	f := strings.Fields(string(res.Stdout))
 	if res.Status != 0 || len(f) != 3 {
-		return 0, 0, fmt.Errorf("livepatch cycle failed (status %d): %s%s", res.Status, res.Stdout, res.Stderr)
+		return klpTimes{}, fmt.Errorf("livepatch cycle failed (status %d): %s%s", res.Status, res.Stdout, res.Stderr)
 	}
-	var t [3]float64
+	var t [3]int64
 	for i := range t {
-		n, err := strconv.ParseInt(f[i], 10, 64)
-		if err != nil {
-			return 0, 0, fmt.Errorf("livepatch cycle: bad clock %q", f[i])
+		if t[i], err = strconv.ParseInt(f[i], 10, 64); err != nil {
+			return klpTimes{}, fmt.Errorf("livepatch cycle: bad clock %q", f[i])
 		}
-		t[i] = float64(n) / 1e6
 	}
-	return t[1] - t[0], t[2] - t[1], nil
+	return klpTimes{t[0], t[1], t[2]}, nil
 }
 
 func scale(x []float64, f float64) []float64 {
@@ -173,6 +180,28 @@ func scale(x []float64, f float64) []float64 {
 		out[i] = v * f
 	}
 	return out
+}
+
+// buildKLP builds the livepatch twin of cmdline-string (examples/klp/cmdline-klp) in dir.
+func buildKLP(ctx context.Context, release, dir string) (string, error) {
+	src, err := examples.Extract("klp/cmdline-klp", dir)
+	if err != nil {
+		return "", err
+	}
+	return build.BuildModule(ctx, src, build.Options{Release: release, Output: filepath.Join(dir, "klp.ko")})
+}
+
+// extendKLP returns prev (which may be nil) followed by the installation of
+// the livepatch module ko at klpPath.
+func extendKLP(ko string, prev func(*initramfs.Archive) error) func(*initramfs.Archive) error {
+	return func(a *initramfs.Archive) error {
+		if prev != nil {
+			if err := prev(a); err != nil {
+				return err
+			}
+		}
+		return a.AddHostFile(klpPath, ko, 0o644)
+	}
 }
 
 // BuildExample builds an embedded example patch in dir and returns the module.

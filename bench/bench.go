@@ -20,6 +20,7 @@ type Result struct {
 	Scenario string   `json:"scenario"`
 	Rows     []Row    `json:"rows"`
 	Notes    []string `json:"notes,omitempty"`
+	Figures  []Figure `json:"figures,omitempty"` // drawn from the run's samples by Figure.Draw
 }
 
 // Row is one measured quantity.
@@ -49,6 +50,8 @@ var Scenarios = []Scenario{
 	{"introspect", "parse symbols and BTF, attach, snapshot and scan every kernel stack", Introspect},
 	{"apply", "apply/rollback of a code patch, guest busy, next to in-guest Linux livepatch", Apply},
 	{"data", "data coherence: cost of a trapped write, slowdown while an instance is watched", Data},
+	{"overhead", "relative performance of workloads: no patch, a committed code patch, a coherence window", Overhead},
+	{"underload", "apply/rollback with workloads running: pauses, commit, throughput; next to in-guest Linux livepatch", UnderLoad},
 }
 
 // Lookup finds a scenario by name.

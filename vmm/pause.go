@@ -116,8 +116,9 @@ func (m *Machine) alive() error {
 
 // PauseLog records guest-visible pauses.
 type PauseLog struct {
-	mu sync.Mutex
-	d  []time.Duration
+	mu    sync.Mutex
+	d     []time.Duration
+	total time.Duration // the sum of d
 }
 
 func NewPauseLog() *PauseLog { return &PauseLog{} }
@@ -125,7 +126,15 @@ func NewPauseLog() *PauseLog { return &PauseLog{} }
 func (l *PauseLog) Add(d time.Duration) {
 	l.mu.Lock()
 	l.d = append(l.d, d)
+	l.total += d
 	l.mu.Unlock()
+}
+
+// Total is the sum of every pause recorded so far.
+func (l *PauseLog) Total() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.total
 }
 
 // Samples returns a copy of every duration recorded, in order.
@@ -174,6 +183,13 @@ func Quantile(sorted []time.Duration, q float64) time.Duration {
 
 // Pauses summarises every pause of this VM so far.
 func (m *Machine) Pauses() PauseStats { return m.pauses.Stats() }
+
+// PausedTotal is how long the VM has been paused in all since it started:
+// the guest's clock stood still that long, so between two readings guest
+// time advances by the host time elapsed minus the growth of PausedTotal.
+// (A guest call that a trap handler makes counts as paused, though its
+// vCPU runs meanwhile.)
+func (m *Machine) PausedTotal() time.Duration { return m.pauses.Total() }
 
 // GDB returns the gdbstub client for direct use while the VM is paused
 // (after Pause or WaitStop, or inside WithPaused). Never resume through it:

@@ -1,28 +1,41 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/lucos/lucos/bench"
+	"github.com/lucos/lucos/bench/report"
+	"github.com/lucos/lucos/guest"
+	"github.com/lucos/lucos/launch"
 )
 
 func newBenchCmd() *cobra.Command {
 	var gf guestFlags
 	var asJSON bool
+	var reportPath, command string
 	var names []string
 	for _, s := range bench.Scenarios {
-		names = append(names, fmt.Sprintf("  %-6s %s", s.Name, s.Brief))
+		names = append(names, fmt.Sprintf("  %-10s %s", s.Name, s.Brief))
 	}
 	cmd := &cobra.Command{
 		Use:   "bench SCENARIO... | all",
 		Short: "Run benchmark scenarios on real guests and print their numbers",
 		Long: "Run benchmark scenarios; each boots real guests under QEMU. Scenarios:\n" + strings.Join(names, "\n") +
-			"\n\nResults are distributions from one run (the machine is noisy); docs/BENCHMARKS.md\nholds the last published ones.",
+			"\n\nResults are distributions from one run (the machine is noisy). With --report, lucos\n" +
+			"also writes the benchmark report (docs/BENCHMARKS.md in `make bench`): the machine,\n" +
+			"each scenario's table, notes and figures (SVG, drawn into bench/ next to the report),\n" +
+			"and the claims the README quotes, each traced to its row.",
+		Example: `  lucos bench pause apply
+  lucos bench all --report docs/BENCHMARKS.md --command "make bench"`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts, err := gf.options()
@@ -41,13 +54,31 @@ func newBenchCmd() *cobra.Command {
 				}
 				run = append(run, s)
 			}
+			if command == "" {
+				command = "lucos bench " + strings.Join(args, " ")
+			}
+			start := time.Now()
+			busy := watchForeignQEMU(cmd.Context())
+			defer busy.stop()
 			var results []*bench.Result
-			for _, s := range run {
+			for i, s := range run {
+				fmt.Fprintf(os.Stderr, "bench: [%d/%d] %s — %s\n", i+1, len(run), s.Name, s.Brief)
+				t0 := time.Now()
 				r, err := s.Run(cmd.Context(), opts, os.Stderr)
 				if err != nil {
 					return fmt.Errorf("bench %s: %w", s.Name, err)
 				}
+				fmt.Fprintf(os.Stderr, "bench: [%d/%d] %s done in %v (%v in all)\n", i+1, len(run), s.Name,
+					time.Since(t0).Round(time.Second), time.Since(start).Round(time.Second))
 				results = append(results, r)
+			}
+			if n, of := busy.stop(); n > 0 {
+				fmt.Fprintf(os.Stderr, "bench: warning: other QEMU processes ran during %d of %d samples of this run: its numbers are disturbed; run on an idle host\n", n, of)
+			}
+			if reportPath != "" {
+				if err := writeReport(cmd.Context(), reportPath, command, opts, run, results, time.Since(start)); err != nil {
+					return err
+				}
 			}
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
@@ -60,5 +91,127 @@ func newBenchCmd() *cobra.Command {
 	}
 	gf.add(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print results as JSON")
+	cmd.Flags().StringVar(&reportPath, "report", "", "write the benchmark report to this file, its figures to bench/ beside it")
+	cmd.Flags().StringVar(&command, "command", "", `the command the report says produced it (default "lucos bench ARGS")`)
 	return cmd
+}
+
+// writeReport draws every figure of results into bench/ next to path and
+// writes the report (bench/report) to path, replacing it only once it is
+// complete.
+func writeReport(ctx context.Context, path, command string, opts launch.Options, run []bench.Scenario, results []*bench.Result, took time.Duration) error {
+	figDir := filepath.Join(filepath.Dir(path), "bench")
+	byName := map[string]*bench.Result{}
+	var sections []report.Section
+	for i, r := range results {
+		s := report.Section{Result: r, Name: run[i].Name, Brief: run[i].Brief}
+		for _, f := range r.Figures {
+			if _, err := f.Draw(figDir); err != nil {
+				return fmt.Errorf("report: %s: %w", run[i].Name, err)
+			}
+			s.Figures = append(s.Figures, report.Figure{Path: "bench/" + f.File, Caption: f.Caption})
+		}
+		sections = append(sections, s)
+		byName[run[i].Name] = r
+	}
+	claims, err := bench.Claims(byName)
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	var rc []report.Claim
+	for _, c := range claims {
+		rc = append(rc, report.Claim{Text: c.Text, Scenario: c.Scenario, Row: c.Row})
+	}
+	img, err := guest.Fetch(ctx, opts.Image)
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	m := report.Probe(ctx, img.Release, strings.ToUpper(string(opts.VM.Accel)), command)
+	m.Duration = took
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".benchmarks-*.md")
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := report.Write(tmp, m, sections, rc); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "bench: wrote %s (%d sections, %d claims) and its figures in %s\n", path, len(sections), len(rc), figDir)
+	return nil
+}
+
+// foreignQEMU counts, every few seconds, whether a QEMU that this process
+// did not start is running: the benchmarks share two cores with it.
+type foreignQEMU struct {
+	done     chan struct{}
+	finished chan struct{}
+	seen, of int
+}
+
+func watchForeignQEMU(ctx context.Context) *foreignQEMU {
+	f := &foreignQEMU{done: make(chan struct{}), finished: make(chan struct{})}
+	go func() {
+		defer close(f.finished)
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				f.of++
+				if otherQEMU() {
+					f.seen++
+				}
+			case <-f.done:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return f
+}
+
+// stop ends the watch (once; later calls return the same counts).
+func (f *foreignQEMU) stop() (seen, of int) {
+	select {
+	case <-f.done:
+	default:
+		close(f.done)
+	}
+	<-f.finished
+	return f.seen, f.of
+}
+
+// otherQEMU reports whether a qemu-system process runs whose parent is not
+// this process.
+func otherQEMU() bool {
+	ents, _ := os.ReadDir("/proc")
+	self := os.Getpid()
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		st := string(b)
+		l, r := strings.IndexByte(st, '('), strings.LastIndexByte(st, ')')
+		if l < 0 || r < l || !strings.HasPrefix(st[l+1:r], "qemu-system") {
+			continue
+		}
+		f := strings.Fields(st[r+1:])
+		if len(f) > 1 && f[1] != strconv.Itoa(self) {
+			return true
+		}
+	}
+	return false
 }
