@@ -296,7 +296,8 @@ func (e *Engine) abort(ctx context.Context, p *Patch, err error) error {
 
 // unload unmaps p's slot and reports whether it is free now. While a guest
 // call that timed out still runs inside the slot, it is left mapped; when
-// the call returns, the trap handler unmaps it and the slot is freed.
+// the call returns, the trap handler unmaps it, and the slot stays taken
+// for the engine's life (at most one such slot per late call).
 // Precondition: the VM is paused.
 func (e *Engine) unload(g *gdbstub.Client, p *Patch) (bool, error) {
 	if s := e.stray; s != nil && p.slot.contains(s.done) {
@@ -305,20 +306,12 @@ func (e *Engine) unload(g *gdbstub.Client, p *Patch) (bool, error) {
 				e.log.Warn("unmap a slot after a late guest call", "id", p.id, "err", err)
 				return
 			}
-			go e.freeSlot(p)
+			// The slot stays taken: a stop for its done word may still be
+			// on its way, and must not match a later call's in this slot.
 		}
 		return false, nil
 	}
 	return true, e.unmapSlot(g, p.slot)
-}
-
-// freeSlot gives p's slot back once it is unmapped.
-func (e *Engine) freeSlot(p *Patch) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.slots[p.slot.index] == p {
-		e.slots[p.slot.index] = nil
-	}
 }
 
 // wait blocks per o until p settles; a timeout is not an error: the patch
