@@ -156,7 +156,22 @@ func (m *Machine) connectQMP(ctx context.Context) error {
 	if err := m.waitSocket(ctx, m.sock("qmp.sock")); err != nil {
 		return fmt.Errorf("QMP: %w", err)
 	}
-	mon, err := qmp.NewSocketMonitor("unix", m.sock("qmp.sock"), 5*time.Second)
+	// QEMU binds the socket before it listens: retry a refused connection.
+	var mon *qmp.SocketMonitor
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		mon, err = qmp.NewSocketMonitor("unix", m.sock("qmp.sock"), 5*time.Second)
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-m.exited:
+			return m.exitError()
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("QMP: %w", err)
 	}
