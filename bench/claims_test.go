@@ -61,6 +61,26 @@ func TestOverheadClaims(t *testing.T) {
 	}
 }
 
+// A noise floor above a target leaves it unresolved, not met or missed.
+func TestOverheadClaimsNoiseFloor(t *testing.T) {
+	r := overheadFixture()
+	for i := range r.Rows {
+		if r.Rows[i].What == "oltp: "+condAgain {
+			r.Rows[i] = ratioRow(r.Rows[i].What, Spread{5, 0.98, 0.9, 1.1})
+		}
+	}
+	claims, err := Claims(map[string]*Result{"overhead": r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "target < 0.5%: not resolved, the no-patch A/A control is off by up to 2.0%)"; !strings.Contains(claims[0].Text, want) {
+		t.Errorf("committed: %s\nwant %q", claims[0].Text, want)
+	}
+	if want := "target < 5.0%: met)"; !strings.Contains(claims[1].Text, want) {
+		t.Errorf("coherence: %s\nwant %q", claims[1].Text, want)
+	}
+}
+
 func TestClaimsLeaveOutAbsentScenarios(t *testing.T) {
 	claims, err := Claims(map[string]*Result{})
 	if err != nil || len(claims) != 0 {

@@ -25,6 +25,9 @@ type Machine struct {
 	Accel     string // QEMU accelerator the guests ran under (KVM, TCG)
 	Command   string // what produced the run, e.g. "make bench"
 	Duration  time.Duration
+	// OtherLoad says what else ran on the host during the run, when the
+	// caller watched (say, other QEMU processes); "" = not watched.
+	OtherLoad string
 }
 
 // Probe fills Machine from this host; the guest's release, the accelerator

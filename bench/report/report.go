@@ -179,7 +179,11 @@ func writeMachine(b *bytes.Buffer, m Machine) {
 		{"Accelerator", or(m.Accel)},
 		{"Command", code(or(m.Command))},
 		{"Duration", dur},
+		{"Other load", m.OtherLoad},
 	} {
+		if kv[0] == "Other load" && kv[1] == "" {
+			continue // not watched
+		}
 		fmt.Fprintf(b, "- %s: %s\n", kv[0], kv[1])
 	}
 	b.WriteString("\n")

@@ -99,6 +99,19 @@ func TestWriteRefuses(t *testing.T) {
 	}
 }
 
+// A run that watched the host says what else ran; one that did not says nothing.
+func TestOtherLoad(t *testing.T) {
+	m := machine
+	m.OtherLoad = "other QEMU processes during 12% of the run"
+	var b bytes.Buffer
+	if err := Write(&b, m, sections(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "- Duration: 12m34s\n- Other load: other QEMU processes during 12% of the run\n") {
+		t.Errorf("no other-load line after the duration:\n%s", b.String())
+	}
+}
+
 func TestAnchors(t *testing.T) {
 	a := anchorSet{}
 	var b bytes.Buffer

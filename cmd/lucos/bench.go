@@ -72,11 +72,13 @@ func newBenchCmd() *cobra.Command {
 					time.Since(t0).Round(time.Second), time.Since(start).Round(time.Second))
 				results = append(results, r)
 			}
+			otherLoad := "no other QEMU process seen (sampled every 2 s)"
 			if n, of := busy.stop(); n > 0 {
-				fmt.Fprintf(os.Stderr, "bench: warning: other QEMU processes ran during %d of %d samples of this run: its numbers are disturbed; run on an idle host\n", n, of)
+				otherLoad = fmt.Sprintf("other QEMU processes ran during %d of %d samples (every 2 s): the numbers are disturbed", n, of)
+				fmt.Fprintf(os.Stderr, "bench: warning: %s; run on an idle host\n", otherLoad)
 			}
 			if reportPath != "" {
-				if err := writeReport(cmd.Context(), reportPath, command, opts, run, results, time.Since(start)); err != nil {
+				if err := writeReport(cmd.Context(), reportPath, command, otherLoad, opts, run, results, time.Since(start)); err != nil {
 					return err
 				}
 			}
@@ -99,7 +101,7 @@ func newBenchCmd() *cobra.Command {
 // writeReport draws every figure of results into bench/ next to path and
 // writes the report (bench/report) to path, replacing it only once it is
 // complete.
-func writeReport(ctx context.Context, path, command string, opts launch.Options, run []bench.Scenario, results []*bench.Result, took time.Duration) error {
+func writeReport(ctx context.Context, path, command, otherLoad string, opts launch.Options, run []bench.Scenario, results []*bench.Result, took time.Duration) error {
 	figDir := filepath.Join(filepath.Dir(path), "bench")
 	byName := map[string]*bench.Result{}
 	var sections []report.Section
@@ -127,7 +129,7 @@ func writeReport(ctx context.Context, path, command string, opts launch.Options,
 		return fmt.Errorf("report: %w", err)
 	}
 	m := report.Probe(ctx, img.Release, strings.ToUpper(string(opts.VM.Accel)), command)
-	m.Duration = took
+	m.Duration, m.OtherLoad = took, otherLoad
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".benchmarks-*.md")
 	if err != nil {
 		return fmt.Errorf("report: %w", err)

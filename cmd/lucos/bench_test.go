@@ -36,7 +36,7 @@ func TestBenchReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	md := string(b)
-	for _, want := range []string{"DO NOT EDIT", "- Command: `lucos-test`", "Run alone: `lucos bench pause`", "| " + results[0].Rows[0].What + " |", "## Claims", "Pausing every vCPU costs"} {
+	for _, want := range []string{"DO NOT EDIT", "- Command: `lucos-test`", "- Other load: ", "Run alone: `lucos bench pause`", "| " + results[0].Rows[0].What + " |", "## Claims", "Pausing every vCPU costs"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
