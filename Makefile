@@ -7,7 +7,8 @@ LUCOS := bin/lucos
 # Host packages: QEMU (TCG), static busybox for the guest initramfs, and a
 # C toolchain for kbuild-built patch modules (the Debian kernel is built with
 # gcc-12; kbuild's objtool needs libelf1).
-APT_PACKAGES := qemu-system-x86 busybox-static cpio gcc gcc-12 make libc6-dev libelf1
+APT_PACKAGES := qemu-system-x86 busybox-static cpio gcc gcc-12 make libc6-dev libelf1 \
+	flex bison bc libssl-dev libelf-dev dwarves patch xz-utils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GOTESTFLAGS ?= -count=1 -timeout 80m
 

@@ -5,14 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
-	"time"
 )
 
 // A release's cache directory is the file tree of its unpacked packages
@@ -130,31 +127,13 @@ func removeStaleFetches(cacheDir string) {
 // processes (test binaries run in parallel) never fetch into it at once.
 // It waits for the lock until ctx is done; the returned function releases it.
 func lockCache(ctx context.Context, cacheDir string, p *progress) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(cacheDir, lockFile), os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock the guest cache: %w", err)
+	unlock, err := flockWait(ctx, filepath.Join(cacheDir, lockFile), func() {
+		p.Printf("guest: waiting for another lucos fetching into %s", cacheDir)
+	})
+	if err != nil && ctx.Err() == nil {
+		return nil, fmt.Errorf("guest cache: %w", err)
 	}
-	told := false
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock the guest cache %s: %w", f.Name(), err)
-		}
-		if !told {
-			p.Printf("guest: waiting for another lucos fetching into %s", cacheDir)
-			told = true
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	return unlock, err
 }
 
 // debFiles lists the .deb files in dir, sorted.

@@ -43,6 +43,45 @@ A warm cache needs no network. "lucos run" does this on first use.`,
 	fetch.Flags().StringVar(&flavour, "flavour", "cloud", "kernel flavour: cloud or generic")
 	fetch.Flags().StringVar(&release, "release", "", "pin a kernel release, e.g. 6.1.0-56-cloud-amd64")
 	fetch.Flags().BoolVar(&asJSON, "json", false, "print the image's paths as JSON")
-	cmd.AddCommand(fetch)
+	cmd.AddCommand(fetch, newGuestSourceCmd())
+	return cmd
+}
+
+func newGuestSourceCmd() *cobra.Command {
+	var release string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "source [--release REL] [--json]",
+		Short: "Fetch and prepare the guest kernel's own source, for patches built from diffs",
+		Long: `Fetch Debian's linux-source-<x.y> package of the exact version the kernel
+release was built from (the version of its linux-image package: 6.1.0-54 is
+6.1.190-1), unpack it into ~/.cache/lucos/<release>/source and prepare it with
+the release's own .config (make olddefconfig, which must reproduce that
+.config exactly, then make modules_prepare), so that "lucos patch build
+--diff" compiles single objects as Debian's build did. The host's compiler
+must be the kernel's (the banner names it: gcc-12 on bookworm). About 140 MB
+to download and 1.5 GB on disk, once per release; a prepared tree works
+offline. Without --release: the default guest's release.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			img, err := guest.Fetch(cmd.Context(), guest.Options{Release: release, Progress: os.Stderr})
+			if err != nil {
+				return err
+			}
+			src, err := guest.Source(cmd.Context(), img, guest.SourceOptions{Progress: os.Stderr})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(src)
+			}
+			fmt.Printf("release    %s\npackage    %s %s\ncompiler   %s\nsource     %s\n", src.Release, src.Package, src.Version, src.CC, src.Dir)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&release, "release", "", "kernel release, e.g. 6.1.0-54-cloud-amd64 (default: the default guest's)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the tree as JSON")
 	return cmd
 }
