@@ -15,6 +15,7 @@ import (
 	"github.com/lucos/lucos/api"
 	"github.com/lucos/lucos/patch"
 	"github.com/lucos/lucos/patch/build"
+	"github.com/lucos/lucos/patch/srcdiff"
 )
 
 func newPatchCmd() *cobra.Command {
@@ -33,17 +34,60 @@ all vCPUs; the update commits once no thread is inside an old function.`,
 
 func newPatchBuildCmd() *cobra.Command {
 	var o build.Options
+	var d srcdiff.Options
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "build DIR [-o FILE] [--release REL]",
-		Short: "Compile a patch directory into a patch module (.ko) with kbuild",
+		Use:   "build DIR | --diff FIX.patch [--diff MORE.patch...] [-o FILE] [--release REL]",
+		Short: "Compile a patch directory, or build a patch from kernel source diffs",
 		Long: `Compile the .c files of DIR into one patch module against the cached headers
 of the guest kernel (default: the default guest's release; fetched if
 needed). References to non-exported and static kernel symbols are allowed:
-lucos resolves them when it applies the patch.`,
-		Example: `  lucos patch build examples/patches/cmdline-string -o cmdline-string.ko`,
-		Args:    cobra.ExactArgs(1),
+lucos resolves them when it applies the patch.
+
+With --diff, build the patch from unified diffs against the guest kernel's
+source instead (a CVE fix, a stable commit, a distro patch), as kpatch-build
+does: lucos fetches the Debian source of the exact release (lucos guest
+source), applies the diffs to copies of the files they touch, compiles each
+changed file before and after with kbuild's own command, compares the two
+objects function by function, checks the original against the code the guest
+runs, and links the changed functions into an ordinary patch module. It
+prints what changed and why, one line per function. Changed writable data is
+refused, naming it; --companion FILE.c adds a C file (LUCOS_DATA, callbacks,
+shadow variables, or new data the diff's code uses by name) to the module.
+See docs/PATCH-FORMAT.md, "Patches from source diffs".`,
+		Example: `  lucos patch build examples/patches/cmdline-string -o cmdline-string.ko
+  lucos patch build --diff fix.patch --release 6.1.0-54-cloud-amd64 -o fix.ko`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(d.Diffs) > 0 {
+				return cobra.NoArgs(cmd, args)
+			}
+			if len(d.Companions) > 0 {
+				return fmt.Errorf("--companion goes with --diff")
+			}
+			return cobra.ExactArgs(1)(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(d.Diffs) > 0 {
+				d.Release, d.Output, d.Progress = o.Release, o.Output, os.Stderr
+				res, err := srcdiff.Build(cmd.Context(), d)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return json.NewEncoder(os.Stdout).Encode(res)
+				}
+				for _, ch := range res.Changes {
+					fmt.Println(ch)
+				}
+				for _, s := range res.Skipped {
+					fmt.Println("skipped:", s)
+				}
+				for _, w := range res.Warnings {
+					fmt.Fprintln(os.Stderr, "warning:", w)
+				}
+				fmt.Printf("%s: patch %q for %s (%s), build id %s\n", res.KO, res.Name, res.Release, res.Source, res.BuildID)
+				return nil
+			}
 			o.Progress = os.Stderr
 			res, err := build.Build(cmd.Context(), args[0], o)
 			if err != nil {
@@ -59,8 +103,11 @@ lucos resolves them when it applies the patch.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&o.Output, "output", "o", "", "where to write the .ko (default DIR/<name>.ko)")
-	cmd.Flags().StringVar(&o.Release, "release", "", "build for this cached kernel release")
+	cmd.Flags().StringVarP(&o.Output, "output", "o", "", "where to write the .ko (default DIR/<name>.ko; with --diff ./<name>.ko)")
+	cmd.Flags().StringVar(&o.Release, "release", "", "build for this kernel release (with --diff: fetched, and its source prepared, if needed)")
+	cmd.Flags().StringArrayVar(&d.Diffs, "diff", nil, "a unified diff against the kernel source (repeat for several, applied in order)")
+	cmd.Flags().StringArrayVar(&d.Companions, "companion", nil, "with --diff: a C file compiled into the patch (LUCOS_DATA, callbacks, new data)")
+	cmd.Flags().StringVar(&d.Name, "name", "", "with --diff: the patch's name (default: the first diff's file name)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
 }

@@ -1,0 +1,187 @@
+package srcdiff
+
+import (
+	"debug/elf"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Change is what the comparison found about one function or datum of a
+// changed source file.
+type Change struct {
+	File   string `json:"file"`   // the source file: "net/ipv4/fib_semantics.c"
+	Object string `json:"object"` // where it runs: "vmlinux" or the module's name
+	Name   string `json:"name"`   // the symbol: "fib_rebalance", "fib_sync_up.part.0"
+	// Kind: "changed" (replaced by its new version), "new" (a function
+	// the patch adds, called by changed ones), "data" (read-only data the
+	// patch carries a new copy of).
+	Kind   string `json:"kind"`
+	Reason string `json:"reason,omitempty"` // why it changed, when not its own lines
+	Sympos int    `json:"sympos,omitempty"` // among same-named kernel statics, 0 = unique
+
+	sym  *symbol   // in the patched object
+	orig *symbol   // in the original object (changed only)
+	cold []*symbol // its .cold parts, taken along
+}
+
+func (ch *Change) String() string {
+	s := ch.Kind + ": " + ch.Name
+	if ch.Reason != "" {
+		s += " (" + ch.Reason + ")"
+	}
+	return s
+}
+
+// analysis is the comparison of one source file's two objects.
+type analysis struct {
+	*comparison
+	unit    *unit
+	changes []*Change
+	// include: functions of the patched object that go into the patch.
+	include map[*symbol]*Change
+	// fresh: read-only data copied into the patch (changed or new).
+	fresh map[*symbol]bool
+}
+
+// analyze compares the original and patched objects of u and decides what
+// the patch carries. provided names symbols a companion file defines
+// (new data the user supplies).
+func analyze(u *unit, c *comparison, provided map[string]bool) (*analysis, error) {
+	a := &analysis{comparison: c, unit: u, include: map[*symbol]*Change{}, fresh: map[*symbol]bool{}}
+	object := "vmlinux"
+	if u.Module != "" {
+		object = u.Module
+	}
+	add := func(f2, f1 *symbol, kind, reason string) *Change {
+		ch := &Change{File: u.Path, Object: object, Name: f2.name, Kind: kind, Reason: reason, sym: f2, orig: f1}
+		if cold := c.patched.lookup(f2.name + ".cold"); cold != nil {
+			ch.cold = append(ch.cold, cold)
+		}
+		a.include[f2] = ch
+		a.changes = append(a.changes, ch)
+		return ch
+	}
+	var refused []string
+	for _, f2 := range c.patched.functions() {
+		if strings.HasSuffix(f2.name, ".cold") {
+			continue
+		}
+		f1 := c.orig.lookup(f2.name)
+		if f1 != nil && f1.typ != elf.STT_FUNC {
+			f1 = nil
+		}
+		switch {
+		case f1 == nil:
+			if initSection(f2.sec) {
+				continue // new boot-time code never runs
+			}
+			add(f2, nil, "new", "")
+		case !c.sameFunction(f1, f2) || !c.sameCold(f1, f2):
+			if initSection(f2.sec) || initSection(f1.sec) {
+				refused = append(refused, fmt.Sprintf("%s is boot-time code (%s) and changed: it ran when the guest booted and is freed; a live patch cannot re-run it", f2.name, f2.sec.name))
+				continue
+			}
+			if strings.HasPrefix(f2.sec.name, ".exit.") {
+				refused = append(refused, fmt.Sprintf("%s is module exit code (%s) and changed: it runs only when the module is unloaded, which a live patch cannot redirect", f2.name, f2.sec.name))
+				continue
+			}
+			add(f2, f1, "changed", "")
+		}
+	}
+
+	c.compareData()
+	for _, d := range sortedData(c.dataStatus) {
+		st := c.dataStatus[d]
+		if st == same || perSite(d) {
+			continue
+		}
+		what := map[status]string{changed: "changed", added: "new"}[st]
+		users := a.users(d)
+		switch {
+		case !d.sec.write():
+			a.fresh[d] = true
+			for _, f := range users {
+				if _, ok := a.include[f]; ok {
+					continue
+				}
+				if initSection(f.sec) {
+					continue
+				}
+				add(f, c.orig.lookup(f.name), "changed", fmt.Sprintf("uses %s constant %s", what, d.name))
+			}
+			a.changes = append(a.changes, &Change{File: u.Path, Object: object, Name: d.name, Kind: "data", Reason: what + " read-only data, carried by the patch"})
+		case provided[d.name]:
+			// The companion file defines it.
+		case st == added && d.size == 0:
+			// Nothing to share (an empty lock_class_key without lockdep).
+		case st == added && !a.usedByIncluded(users):
+			// New data no patched function uses.
+		case strings.HasPrefix(d.sec.name, ".init.") || strings.HasPrefix(d.sec.name, ".exit."):
+		default:
+			refused = append(refused, fmt.Sprintf("%s data %s (%s, %d bytes) is writable: the kernel's instance holds live state that a new copy would not share; define it in a companion file (--companion FILE.c) with LUCOS_DATA for a changed layout or as the new variable, or use shadow variables (docs/PATCH-FORMAT.md)", what, d.name, d.sec.name, d.size))
+		}
+	}
+	if len(refused) > 0 {
+		return nil, &RefusedError{File: u.Path, Reasons: refused}
+	}
+	return a, nil
+}
+
+// sameCold compares the .cold parts of two functions.
+func (c *comparison) sameCold(f1, f2 *symbol) bool {
+	c1, c2 := c.orig.lookup(f1.name+".cold"), c.patched.lookup(f2.name+".cold")
+	if c1 == nil || c2 == nil {
+		return c1 == nil && c2 == nil
+	}
+	return c.sameFunction(c1, c2)
+}
+
+// users lists the functions of the patched object that refer to d.
+func (a *analysis) users(d *symbol) []*symbol {
+	var out []*symbol
+	for _, f := range a.patched.functions() {
+		for _, r := range f.sec.relocsIn(f.value, f.value+f.size) {
+			if a.patched.named(f.sec, r) == d {
+				if p := parentOf(a.patched, f); p != nil {
+					f = p
+				}
+				if !slices.Contains(out, f) {
+					out = append(out, f)
+				}
+				break
+			}
+		}
+	}
+	return out
+}
+
+// parentOf returns the function a .cold part belongs to.
+func parentOf(o *object, f *symbol) *symbol {
+	if name, ok := strings.CutSuffix(f.name, ".cold"); ok {
+		return o.lookup(name)
+	}
+	return nil
+}
+
+func (a *analysis) usedByIncluded(users []*symbol) bool {
+	for _, f := range users {
+		if _, ok := a.include[f]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+func initSection(s *section) bool {
+	return strings.HasPrefix(s.name, ".init.") || strings.HasPrefix(s.name, ".head.text")
+}
+
+func sortedData(m map[*symbol]status) []*symbol {
+	var out []*symbol
+	for s := range m {
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b *symbol) int { return a.idx - b.idx })
+	return out
+}

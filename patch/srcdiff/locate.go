@@ -1,0 +1,257 @@
+package srcdiff
+
+import (
+	"bytes"
+	"debug/elf"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/lucos/lucos/kimage"
+)
+
+// home is where a compiled file's code runs in the guest — vmlinux, or a
+// module — as lucos can see it without the guest: its symbols (kallsyms
+// for vmlinux, the .ko's symbol table for a module) and its code bytes as
+// built, to check that the original object is what the guest runs.
+type home struct {
+	name string // "vmlinux" or the module name
+	syms *kimage.Symbols
+	// code returns n bytes at a link-time address and which of them the
+	// image's own relocations (modules) leave unknown; ok=false if the
+	// address holds no code.
+	code func(addr, n uint64) ([]byte, []bool, bool)
+}
+
+// vmlinuxHome reads the kernel image's code: the decompressed vmlinux keeps
+// its section headers, and its code is what the object files link into.
+func vmlinuxHome(img *kimage.Image, vmlinux []byte) (*home, error) {
+	f, err := elf.NewFile(bytes.NewReader(vmlinux))
+	if err != nil {
+		return nil, fmt.Errorf("vmlinux: %w", err)
+	}
+	type span struct {
+		addr uint64
+		data []byte
+	}
+	var spans []span
+	for _, s := range f.Sections {
+		if s.Flags&elf.SHF_EXECINSTR == 0 || s.Type != elf.SHT_PROGBITS {
+			continue
+		}
+		b, err := s.Data()
+		if err != nil {
+			return nil, fmt.Errorf("vmlinux %s: %w", s.Name, err)
+		}
+		spans = append(spans, span{s.Addr, b})
+	}
+	return &home{name: "vmlinux", syms: img.Symbols, code: func(addr, n uint64) ([]byte, []bool, bool) {
+		for _, s := range spans {
+			if addr >= s.addr && addr+n <= s.addr+uint64(len(s.data)) {
+				return s.data[addr-s.addr : addr-s.addr+n], nil, true
+			}
+		}
+		return nil, nil, false
+	}}, nil
+}
+
+// locator finds the guest's definitions of an object's symbols.
+type locator struct {
+	h    *home
+	orig *object
+}
+
+// kind of a symbol for matching kallsyms types.
+func symKind(t byte) byte {
+	switch t {
+	case 'T', 't', 'W', 'w':
+		return 't'
+	case 'D', 'd', 'V', 'v':
+		return 'd'
+	case 'B', 'b':
+		return 'b'
+	case 'R', 'r':
+		return 'r'
+	}
+	return t | 0x20
+}
+
+// sectionKind is the kallsyms kind of an object section.
+func sectionKind(s *section) byte {
+	switch {
+	case s.exec():
+		return 't'
+	case s.hdr.Type == elf.SHT_NOBITS:
+		return 'b'
+	case s.write():
+		return 'd'
+	}
+	return 'r'
+}
+
+// matches reports whether a guest symbol can be a definition of an object
+// symbol of kind k. kallsyms calls read-only data in .rodata 'D' or 'd' as
+// often as 'R': any data kind matches any data kind.
+func matches(gs kimage.Symbol, k byte) bool {
+	gk := symKind(gs.Type)
+	if k == 't' || gk == 't' {
+		return k == gk
+	}
+	return gk != 'a' && gk != 'u'
+}
+
+// function returns the guest's definition of f, a function of the original
+// object, checking that its code is f's: the bytes must agree wherever no
+// relocation writes. Among same-named statics the one whose code agrees is
+// taken.
+func (l *locator) function(f *symbol) (kimage.Symbol, error) {
+	cands := l.candidates(f.name, 't')
+	if len(cands) == 0 {
+		return kimage.Symbol{}, fmt.Errorf("%w: %s has no function %s (was %s built into it with this configuration?)", ErrSourceMismatch, l.h.name, f.name, l.orig.path)
+	}
+	var ok []kimage.Symbol
+	for _, c := range cands {
+		if l.sameCode(f, c) {
+			ok = append(ok, c)
+		}
+	}
+	switch len(ok) {
+	case 1:
+		return ok[0], nil
+	case 0:
+		return kimage.Symbol{}, fmt.Errorf("%w: the original build of %s differs from %s's code (%d candidate(s)): the source or its configuration is not what the guest's kernel was built from", ErrSourceMismatch, f.name, l.h.name, len(cands))
+	}
+	// Identical copies (a static inline emitted out of line by several
+	// files): any is right for calling; for replacing, all are the same
+	// code, so the first that is this object's by neighbourhood.
+	if c, err := l.nearest(f.name, ok, 't'); err == nil {
+		return c, nil
+	}
+	return ok[0], nil
+}
+
+// sameCode compares f's bytes (relocated fields masked) with the guest's at c.
+func (l *locator) sameCode(f *symbol, c kimage.Symbol) bool {
+	if c.Size < f.size {
+		return false
+	}
+	got, unknown, ok := l.h.code(c.Addr, f.size)
+	if !ok {
+		return false
+	}
+	want := slices.Clone(f.sec.bytesOf(f.value, f.value+f.size))
+	got = slices.Clone(got)
+	rs := f.sec.relocsIn(f.value, f.value+f.size)
+	mask(want, rs, f.value)
+	mask(got, rs, f.value)
+	for i, u := range unknown {
+		if u {
+			want[i], got[i] = 0, 0
+		}
+	}
+	return bytes.Equal(want, got)
+}
+
+// candidates are the guest symbols of that name and kind, in sympos order.
+func (l *locator) candidates(name string, k byte) []kimage.Symbol {
+	var out []kimage.Symbol
+	for _, s := range l.h.syms.Lookup(name) {
+		if matches(s, k) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// sympos returns the sympos the loader needs for a reference to name: 0
+// when the guest has one definition of it, else the position of the one
+// this object means — for a global of another object the only global
+// definition, for the object's own static the definition nearest the
+// object's other symbols in the guest.
+func (l *locator) sympos(name string, k byte, own bool) (int, error) {
+	all := l.h.syms.Lookup(name)
+	if len(all) == 1 {
+		return 0, nil
+	}
+	if len(all) == 0 {
+		return 0, fmt.Errorf("%w: %s has no symbol %s", ErrSourceMismatch, l.h.name, name)
+	}
+	cands := l.candidates(name, k)
+	if !own {
+		var globals []kimage.Symbol
+		for _, c := range cands {
+			if c.Global() {
+				globals = append(globals, c)
+			}
+		}
+		if len(globals) == 1 {
+			return globals[0].Pos, nil
+		}
+		cands = globals
+	}
+	switch len(cands) {
+	case 0:
+		return 0, fmt.Errorf("%w: %s defines %s %d times, none of the kind %c", ErrSourceMismatch, l.h.name, name, len(all), k)
+	case 1:
+		return cands[0].Pos, nil
+	}
+	if k == 't' {
+		if f := l.orig.lookup(name); f != nil && f.typ == elf.STT_FUNC {
+			c, err := l.function(f)
+			if err != nil {
+				return 0, err
+			}
+			return c.Pos, nil
+		}
+	}
+	c, err := l.nearest(name, cands, k)
+	if err != nil {
+		return 0, err
+	}
+	return c.Pos, nil
+}
+
+// nearest picks, among cands, the definition that lies among the object's
+// other symbols of the same kind in the guest: the linker keeps one
+// object's .text, .data and .bss together, so the object's uniquely named
+// symbols (anchors) bracket its statics.
+func (l *locator) nearest(name string, cands []kimage.Symbol, k byte) (kimage.Symbol, error) {
+	var anchors []uint64
+	for _, s := range l.orig.syms {
+		if !s.defined() || (s.typ != elf.STT_FUNC && s.typ != elf.STT_OBJECT) || s.name == name || sectionKind(s.sec) != k {
+			continue
+		}
+		g := l.h.syms.Lookup(s.name)
+		if len(g) == 1 && matches(g[0], k) {
+			anchors = append(anchors, g[0].Addr)
+		}
+	}
+	if len(anchors) == 0 {
+		return kimage.Symbol{}, fmt.Errorf("%w: %s defines %s %d times and nothing else of %s locates this object's: cannot tell which one is meant", ErrAmbiguous, l.h.name, name, len(cands), l.orig.path)
+	}
+	dist := func(a uint64) uint64 {
+		d := ^uint64(0)
+		for _, x := range anchors {
+			d = min(d, max(a, x)-min(a, x))
+		}
+		return d
+	}
+	slices.SortFunc(cands, func(a, b kimage.Symbol) int {
+		da, db := dist(a.Addr), dist(b.Addr)
+		if da < db {
+			return -1
+		} else if da > db {
+			return 1
+		}
+		return 0
+	})
+	best, next := dist(cands[0].Addr), dist(cands[1].Addr)
+	if best > 4<<20 || next < 4*best+64 {
+		var where []string
+		for _, c := range cands {
+			where = append(where, fmt.Sprintf("%#x", c.Addr))
+		}
+		return kimage.Symbol{}, fmt.Errorf("%w: %s defines %s %d times (%s) and the object's neighbours do not tell which is %s's", ErrAmbiguous, l.h.name, name, len(cands), strings.Join(where, ", "), l.orig.path)
+	}
+	return cands[0], nil
+}
