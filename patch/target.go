@@ -3,6 +3,7 @@ package patch
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/lucos/lucos/introspect"
 	"github.com/lucos/lucos/kimage"
@@ -28,8 +29,19 @@ func (e *Engine) newTarget() (*target, error) {
 
 // Symbol returns a symbol by name and sympos (0: must be unique) with its
 // runtime address. Among modules, sympos counts definitions in module-list
-// order.
+// order. A qualified name, "module:name", is looked up in that module only,
+// sympos counting in its symbol table (patches built from diffs of a
+// module's source name its symbols so).
 func (t *target) Symbol(name string, pos int) (kimage.Symbol, uint64, error) {
+	if mod, sym, ok := strings.Cut(name, ":"); ok && mod != "" && sym != "" {
+		for _, m := range t.mods {
+			if m.Name == mod {
+				s, err := m.Symbol(sym, pos)
+				return s, s.Addr, err
+			}
+		}
+		return kimage.Symbol{}, 0, fmt.Errorf("symbol %s: %w: module %s is not loaded in the guest (load it first, e.g. modprobe %s)", name, kimage.ErrNotFound, mod, mod)
+	}
 	s, addr, err := t.Kernel.Symbol(name, pos)
 	if !errors.Is(err, kimage.ErrNotFound) || len(t.mods) == 0 {
 		return s, addr, err

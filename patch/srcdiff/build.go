@@ -79,7 +79,11 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(work)
+	if os.Getenv("LUCOS_KEEP_WORK") != "" {
+		p.Printf("patch build: keeping the work directory %s (LUCOS_KEEP_WORK)", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
 
 	// 1. The patched copies of what the diffs touch.
 	touched, subject, err := applyDiffs(ctx, src.Dir, filepath.Join(work, "src"), o.Diffs)
@@ -132,10 +136,24 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	}
 
 	// 2. Both builds of each file.
-	units, err := compileOriginals(ctx, src, cfiles, p)
+	units, log, err := compileOriginals(ctx, src, cfiles, p)
 	if err != nil {
 		return nil, err
 	}
+	res := &Result{Source: src.Package + " " + src.Version}
+	var built []string
+	for _, path := range cfiles {
+		switch {
+		case units[path] != nil:
+			built = append(built, path)
+		case named[path]:
+			return nil, fmt.Errorf("%w: kbuild cannot build the original %s:\n%s", ErrCompile, path, linesAbout(log, path))
+		default:
+			res.Skipped = append(res.Skipped, path+" (does not build alone in this configuration)")
+		}
+	}
+	cfiles = built
+	res.Files = cfiles
 	p.Printf("patch build: compiling the patched %d file(s)", len(cfiles))
 	patchedObj := map[string]string{}
 	for _, path := range cfiles {
@@ -160,7 +178,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	var vmlinux *home
-	res := &Result{Source: src.Package + " " + src.Version, Files: cfiles}
+	modules := map[string]*home{}
 	em := newEmitter(provided)
 	for _, path := range cfiles {
 		u := units[path]
@@ -172,16 +190,24 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		var h *home
-		if u.Module != "" {
-			return nil, fmt.Errorf("%w: %s is part of module %s: patches for modules are not built from diffs yet", ErrRefused, path, u.Module)
-		}
 		if vmlinux == nil {
 			if vmlinux, err = loadVmlinux(ctx, img, k); err != nil {
 				return nil, err
 			}
 		}
-		h = vmlinux
+		h := vmlinux
+		if u.Module != "" {
+			if h = modules[u.Module]; h == nil {
+				ko, err := findModule(img.ModulesDir, u.Module)
+				if err != nil {
+					return nil, err
+				}
+				if h, err = moduleHome(u.Module, ko); err != nil {
+					return nil, err
+				}
+				modules[u.Module] = h
+			}
+		}
 		if !builtInto(orig, h) {
 			if named[path] {
 				return nil, fmt.Errorf("%w: %s is not built into %s with this kernel's configuration", ErrSourceMismatch, path, h.name)
@@ -200,7 +226,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 			continue
 		}
 		explain(a)
-		if err := em.add(a, &locator{h: h, orig: orig}); err != nil {
+		if err := em.add(a, &locator{h: h, orig: orig, kernel: vmlinux}); err != nil {
 			return nil, err
 		}
 		res.Changes = append(res.Changes, a.changes...)
@@ -282,6 +308,9 @@ func applyDiffs(ctx context.Context, tree, dir string, diffs []string) ([]string
 			}
 			touched = append(touched, f.Path)
 		}
+		if err := mirrorHeaders(tree, dir, files); err != nil {
+			return nil, "", err
+		}
 		if err := applyDiff(ctx, dir, d, b); err != nil {
 			return nil, "", err
 		}
@@ -290,6 +319,27 @@ func applyDiffs(ctx context.Context, tree, dir string, diffs []string) ([]string
 		}
 	}
 	return touched, subject, nil
+}
+
+// mirrorHeaders copies the headers beside each touched file into dir: a
+// patched file's quoted includes find their neighbours there, so a
+// neighbour that includes a patched header gets the patched one too
+// (fs/ext4/ext4_jbd2.h includes "ext4.h").
+func mirrorHeaders(tree, dir string, files []diffFile) error {
+	for _, f := range files {
+		d := filepath.Dir(f.Path)
+		hs, _ := filepath.Glob(filepath.Join(tree, d, "*.h"))
+		for _, h := range hs {
+			to := filepath.Join(dir, d, filepath.Base(h))
+			if _, err := os.Stat(to); err == nil {
+				continue
+			}
+			if err := copyFile(h, to); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 var subjectLine = regexp.MustCompile(`^(?:# )?Subject:\s*(?:\[PATCH[^\]]*\]\s*)?(.+)$`)
@@ -397,13 +447,13 @@ func builtInto(o *object, h *home) bool {
 			continue
 		}
 		any = true
-		if len(h.syms.Lookup(f.name)) > 0 {
+		if len(h.lookup(f.name)) > 0 {
 			return true
 		}
 	}
 	if !any {
 		for _, f := range o.functions() {
-			if len(h.syms.Lookup(f.name)) > 0 {
+			if len(h.lookup(f.name)) > 0 {
 				return true
 			}
 		}
@@ -441,6 +491,25 @@ func companions(ctx context.Context, o Options, img *guest.Image, work string) (
 // globalDef finds the names a companion file defines at file scope with
 // external linkage (a variable or function not declared static or extern).
 var globalDef = regexp.MustCompile(`(?m)^(?:[A-Za-z_][\w \t\*]*?[ \t\*])([A-Za-z_]\w*)\s*(?:\[[^\]]*\]\s*)?(?:=|;|\()`)
+
+// linesAbout picks the lines of a build log that name path, and the
+// compiler's context after them.
+func linesAbout(log, path string) string {
+	var out []string
+	lines := strings.Split(log, "\n")
+	for i, l := range lines {
+		if strings.Contains(l, path) {
+			out = append(out, lines[i:min(i+4, len(lines))]...)
+		}
+	}
+	if len(out) == 0 {
+		return lastLines(log, 15)
+	}
+	if len(out) > 30 {
+		out = out[:30]
+	}
+	return strings.Join(out, "\n")
+}
 
 func copyFile(from, to string) error {
 	b, err := os.ReadFile(from)

@@ -343,7 +343,7 @@ func (c *comparison) samePiece(t1 *section, a1, e1 uint64, t2 *section, a2, e2 u
 // descriptor, __func__. Such objects are compared by content and copied
 // into a patch, never shared with the kernel.
 func perSite(s *symbol) bool {
-	if s.sec.strings() || strings.HasPrefix(s.sec.name, ".data..once") || s.sec.name == "__dyndbg" {
+	if s.sec.strings() || strings.HasPrefix(s.sec.name, ".data.once") || strings.HasPrefix(s.sec.name, ".data..once") || s.sec.name == "__dyndbg" {
 		return true
 	}
 	for _, p := range []string{"__func__.", "__FUNCTION__.", "__PRETTY_FUNCTION__.", "__UNIQUE_ID_ddebug"} {

@@ -35,10 +35,12 @@ type unit struct {
 // compileOriginals has kbuild build the objects of paths in the prepared
 // tree (under its lock), with the kernel's flags plus sectionFlags, and
 // reads back the exact commands it ran.
-func compileOriginals(ctx context.Context, src *guest.SourceTree, paths []string, p progress) (map[string]*unit, error) {
+// The second result is kbuild's output, which says why a file is missing
+// from the first.
+func compileOriginals(ctx context.Context, src *guest.SourceTree, paths []string, p progress) (map[string]*unit, string, error) {
 	unlock, err := src.Lock(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("lock the kernel source: %w", err)
+		return nil, "", fmt.Errorf("lock the kernel source: %w", err)
 	}
 	defer unlock()
 	args := append([]string{"-C", src.Dir, "-j" + strconv.Itoa(runtime.NumCPU())}, src.MakeArgs()...)
@@ -46,26 +48,39 @@ func compileOriginals(ctx context.Context, src *guest.SourceTree, paths []string
 	for _, path := range paths {
 		args = append(args, strings.TrimSuffix(path, ".c")+".o")
 	}
-	p.Printf("patch build: compiling the original %s (kbuild)", strings.Join(paths, ", "))
-	cmd := exec.CommandContext(ctx, "make", args...)
+	if len(paths) > 3 {
+		p.Printf("patch build: compiling the original %d files (kbuild)", len(paths))
+	} else {
+		p.Printf("patch build: compiling the original %s (kbuild)", strings.Join(paths, ", "))
+	}
+	// -k: a file a changed header drags in may not build alone in this
+	// configuration; it is skipped, the others are built.
+	cmd := exec.CommandContext(ctx, "make", append([]string{"-k"}, args...)...)
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, fmt.Errorf("%w: kbuild cannot build the original object: %v\n%s", ErrCompile, err, lastLines(out.String(), 20))
+	runErr := cmd.Run()
+	if ctx.Err() != nil {
+		return nil, "", ctx.Err()
 	}
 	units := map[string]*unit{}
 	for _, path := range paths {
 		u, err := readUnit(src.Dir, path)
 		if err != nil {
-			return nil, err
+			if runErr != nil {
+				continue // not built: the caller decides whether that matters
+			}
+			return nil, "", err
+		}
+		if _, err := os.Stat(u.Obj); err != nil {
+			continue
 		}
 		units[path] = u
 	}
-	return units, nil
+	if runErr != nil && len(units) == 0 {
+		return nil, "", fmt.Errorf("%w: kbuild cannot build the original objects: %v\n%s", ErrCompile, runErr, lastLines(out.String(), 20))
+	}
+	return units, out.String(), nil
 }
 
 // readUnit reads the .cmd file kbuild wrote for path's object.
@@ -150,7 +165,9 @@ func compilePatched(ctx context.Context, root, work string, u *unit) (string, er
 			case w == u.Path:
 				w = filepath.Join(srcDir, u.Path)
 			case i == 0 && w == "-c":
-				out = append(out, "-iquote", filepath.Join(root, filepath.Dir(u.Path)), "-fmacro-prefix-map="+srcDir+"/=")
+				// Relative to the tree, as kbuild names files: __FILE__ of a
+				// header found there reads as in the original build.
+				out = append(out, "-iquote", "./"+filepath.Dir(u.Path), "-fmacro-prefix-map="+srcDir+"/=")
 			case i == 0 && strings.HasPrefix(w, "-I"):
 				dir := strings.TrimPrefix(w, "-I")
 				if dir == "" && j+1 < len(argv) {

@@ -73,14 +73,14 @@ func (e *emitter) add(a *analysis, loc *locator) error {
 			return err
 		}
 		pos := 0
-		if len(loc.h.syms.Lookup(g.Name)) > 1 {
+		if len(loc.h.lookup(g.Name)) > 1 {
 			pos = g.Pos
 		}
 		ch.Sympos = pos
 		alias := fmt.Sprintf("__lucos_new_%d", e.next)
 		e.next++
 		e.out.define(alias, elf.STB_GLOBAL, elf.STT_FUNC, p.out, p.at, ch.sym.size)
-		e.funcs = append(e.funcs, redirect{oldName: g.Name, sympos: pos, alias: alias, change: ch})
+		e.funcs = append(e.funcs, redirect{oldName: loc.h.qualify(g.Name), sympos: pos, alias: alias, change: ch})
 	}
 	e.takeEntries(a)
 	for len(e.work) > 0 {
@@ -181,10 +181,11 @@ func (e *emitter) relocate(p placement, loc *locator) error {
 	for _, r := range p.in.relocsIn(p.lo, p.hi) {
 		off := p.at + (r.off - p.lo)
 		if !r.sym.defined() {
-			if err := e.external(r.sym.name, loc); err != nil {
+			name, err := e.external(r.sym.name, loc)
+			if err != nil {
 				return err
 			}
-			p.out.relocs = append(p.out.relocs, outReloc{off: off, typ: r.typ, sym: e.out.undefined(r.sym.name), addend: r.addend})
+			p.out.relocs = append(p.out.relocs, outReloc{off: off, typ: r.typ, sym: e.out.undefined(name), addend: r.addend})
 			continue
 		}
 		ts, toff, _ := o.target(p.in, r)
@@ -242,22 +243,36 @@ func (e *emitter) kernelName(a *analysis, n *symbol, loc *locator) (string, erro
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", a.unit.Path, err)
 	}
-	if err := e.needSympos(o1.name, pos); err != nil {
+	name := loc.h.qualify(o1.name)
+	if err := e.needSympos(name, pos); err != nil {
 		return "", err
 	}
-	return o1.name, nil
+	return name, nil
 }
 
-// external records the sympos of an undefined symbol of the patched object
-// (a global of another object) where the guest has several of that name.
-func (e *emitter) external(name string, loc *locator) error {
-	if _, ok := e.sympos[name]; ok || e.provided[name] {
-		return nil
+// external is the loader's name for an undefined symbol of the patched
+// object — a global of another object: of the module itself (qualified),
+// else of the kernel — with its sympos recorded where the guest has several
+// definitions of the name.
+func (e *emitter) external(name string, loc *locator) (string, error) {
+	if e.provided[name] {
+		return name, nil
 	}
-	all := loc.h.syms.Lookup(name)
+	h := loc.h
+	if h.module && len(h.lookup(name)) == 0 {
+		if loc.kernel == nil {
+			return name, nil // another module's export: the loader finds it
+		}
+		h = loc.kernel
+	}
+	qname := h.qualify(name)
+	if _, ok := e.sympos[qname]; ok {
+		return qname, nil
+	}
+	all := h.lookup(name)
 	if len(all) <= 1 {
-		e.sympos[name] = 0
-		return nil // unique, or left to the loader (weak, runtime, __fentry__)
+		e.sympos[qname] = 0
+		return qname, nil // unique, or left to the loader (weak, runtime, __fentry__)
 	}
 	var globals []int
 	for _, s := range all {
@@ -266,9 +281,9 @@ func (e *emitter) external(name string, loc *locator) error {
 		}
 	}
 	if len(globals) != 1 {
-		return fmt.Errorf("%w: the guest has %d definitions of %s, %d of them global: cannot tell which the patch calls", ErrAmbiguous, len(all), name, len(globals))
+		return "", fmt.Errorf("%w: %s has %d definitions of %s, %d of them global: cannot tell which the patch calls", ErrAmbiguous, h.name, len(all), name, len(globals))
 	}
-	return e.needSympos(name, globals[0])
+	return qname, e.needSympos(qname, globals[0])
 }
 
 func (e *emitter) needSympos(name string, pos int) error {

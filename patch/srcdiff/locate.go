@@ -3,7 +3,10 @@ package srcdiff
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/binary"
 	"fmt"
+	"io/fs"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -15,12 +18,23 @@ import (
 // for vmlinux, the .ko's symbol table for a module) and its code bytes as
 // built, to check that the original object is what the guest runs.
 type home struct {
-	name string // "vmlinux" or the module name
-	syms *kimage.Symbols
-	// code returns n bytes at a link-time address and which of them the
-	// image's own relocations (modules) leave unknown; ok=false if the
-	// address holds no code.
-	code func(addr, n uint64) ([]byte, []bool, bool)
+	name   string // "vmlinux" or the module name
+	module bool
+	// lookup returns the definitions of a name, Pos numbered as the
+	// loader counts them in the running guest.
+	lookup func(name string) []kimage.Symbol
+	// code returns n bytes of a symbol and which of them the image's own
+	// relocations (a module's) leave unknown; ok=false if it holds no code.
+	code func(s kimage.Symbol, n uint64) ([]byte, []bool, bool)
+}
+
+// qualify is the loader's name for a symbol of this home: a module's are
+// "module:name" (resolved in that module only, once it is loaded).
+func (h *home) qualify(name string) string {
+	if h.module && len(h.lookup(name)) > 0 {
+		return h.name + ":" + name
+	}
+	return name
 }
 
 // vmlinuxHome reads the kernel image's code: the decompressed vmlinux keeps
@@ -45,7 +59,8 @@ func vmlinuxHome(img *kimage.Image, vmlinux []byte) (*home, error) {
 		}
 		spans = append(spans, span{s.Addr, b})
 	}
-	return &home{name: "vmlinux", syms: img.Symbols, code: func(addr, n uint64) ([]byte, []bool, bool) {
+	return &home{name: "vmlinux", lookup: img.Symbols.Lookup, code: func(sym kimage.Symbol, n uint64) ([]byte, []bool, bool) {
+		addr := sym.Addr
 		for _, s := range spans {
 			if addr >= s.addr && addr+n <= s.addr+uint64(len(s.data)) {
 				return s.data[addr-s.addr : addr-s.addr+n], nil, true
@@ -55,10 +70,119 @@ func vmlinuxHome(img *kimage.Image, vmlinux []byte) (*home, error) {
 	}}, nil
 }
 
+// moduleHome reads a module of the release from its .ko: its symbol table
+// (the loader counts sympos in it as the guest's module kallsyms keeps it:
+// defined, named symbols of allocated, non-init sections, in table order)
+// and its code, whose relocated fields are unknown.
+func moduleHome(name, ko string) (*home, error) {
+	f, err := elf.Open(ko)
+	if err != nil {
+		return nil, fmt.Errorf("module %s: %w", name, err)
+	}
+	defer f.Close()
+	esyms, err := f.Symbols()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", ko, err)
+	}
+	type place struct {
+		sec   int
+		value uint64
+	}
+	places := map[uint64]place{}
+	byName := map[string][]kimage.Symbol{}
+	for i, es := range esyms {
+		sec := int(es.Section)
+		if es.Name == "" || es.Section == elf.SHN_UNDEF || sec >= len(f.Sections) {
+			continue
+		}
+		s := f.Sections[sec]
+		if s.Flags&elf.SHF_ALLOC == 0 || strings.HasPrefix(s.Name, ".init") {
+			continue
+		}
+		t := byte('d')
+		switch {
+		case s.Flags&elf.SHF_EXECINSTR != 0:
+			t = 't'
+		case s.Type == elf.SHT_NOBITS:
+			t = 'b'
+		case s.Flags&elf.SHF_WRITE == 0:
+			t = 'r'
+		}
+		if elf.ST_BIND(es.Info) == elf.STB_GLOBAL {
+			t -= 'a' - 'A'
+		}
+		addr := uint64(i+1) << 32 // one address per symbol; places maps it back
+		places[addr] = place{sec, es.Value}
+		list := byName[es.Name]
+		byName[es.Name] = append(list, kimage.Symbol{Name: es.Name, Addr: addr, Type: t, Size: es.Size, Pos: len(list) + 1})
+	}
+	data := map[int][]byte{}
+	unknown := map[int][]bool{}
+	for i, s := range f.Sections {
+		if s.Flags&elf.SHF_EXECINSTR == 0 || s.Type != elf.SHT_PROGBITS {
+			continue
+		}
+		b, err := s.Data()
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", ko, s.Name, err)
+		}
+		data[i] = b
+		unknown[i] = make([]bool, len(b))
+	}
+	for _, rs := range f.Sections {
+		if rs.Type != elf.SHT_RELA || unknown[int(rs.Info)] == nil {
+			continue
+		}
+		raw, err := rs.Data()
+		if err != nil {
+			return nil, err
+		}
+		u := unknown[int(rs.Info)]
+		for off := 0; off+24 <= len(raw); off += 24 {
+			at := binary.LittleEndian.Uint64(raw[off:])
+			for k := at; k < at+4 && k < uint64(len(u)); k++ {
+				u[k] = true
+			}
+		}
+	}
+	return &home{name: name, module: true,
+		lookup: func(n string) []kimage.Symbol { return byName[n] },
+		code: func(sym kimage.Symbol, n uint64) ([]byte, []bool, bool) {
+			p, ok := places[sym.Addr]
+			b := data[p.sec]
+			if !ok || b == nil || p.value+n > uint64(len(b)) {
+				return nil, nil, false
+			}
+			return b[p.value : p.value+n], unknown[p.sec][p.value : p.value+n], true
+		}}, nil
+}
+
+// findModule returns the .ko of module name under the release's modules
+// directory (file names may spell '_' as '-').
+func findModule(modulesDir, name string) (string, error) {
+	want := strings.ReplaceAll(name, "-", "_") + ".ko"
+	var found string
+	err := filepath.WalkDir(modulesDir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.ReplaceAll(d.Name(), "-", "_") == want {
+			found = p
+			return fs.SkipAll
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	if found == "" {
+		return "", fmt.Errorf("%w: the release ships no module %s under %s", ErrSourceMismatch, name, modulesDir)
+	}
+	return found, nil
+}
+
 // locator finds the guest's definitions of an object's symbols.
 type locator struct {
-	h    *home
-	orig *object
+	h      *home
+	orig   *object
+	kernel *home // vmlinux, for a module's references to the kernel
 }
 
 // kind of a symbol for matching kallsyms types.
@@ -135,7 +259,7 @@ func (l *locator) sameCode(f *symbol, c kimage.Symbol) bool {
 	if c.Size < f.size {
 		return false
 	}
-	got, unknown, ok := l.h.code(c.Addr, f.size)
+	got, unknown, ok := l.h.code(c, f.size)
 	if !ok {
 		return false
 	}
@@ -155,7 +279,7 @@ func (l *locator) sameCode(f *symbol, c kimage.Symbol) bool {
 // candidates are the guest symbols of that name and kind, in sympos order.
 func (l *locator) candidates(name string, k byte) []kimage.Symbol {
 	var out []kimage.Symbol
-	for _, s := range l.h.syms.Lookup(name) {
+	for _, s := range l.h.lookup(name) {
 		if matches(s, k) {
 			out = append(out, s)
 		}
@@ -169,7 +293,7 @@ func (l *locator) candidates(name string, k byte) []kimage.Symbol {
 // definition, for the object's own static the definition nearest the
 // object's other symbols in the guest.
 func (l *locator) sympos(name string, k byte, own bool) (int, error) {
-	all := l.h.syms.Lookup(name)
+	all := l.h.lookup(name)
 	if len(all) == 1 {
 		return 0, nil
 	}
@@ -221,7 +345,7 @@ func (l *locator) nearest(name string, cands []kimage.Symbol, k byte) (kimage.Sy
 		if !s.defined() || (s.typ != elf.STT_FUNC && s.typ != elf.STT_OBJECT) || s.name == name || sectionKind(s.sec) != k {
 			continue
 		}
-		g := l.h.syms.Lookup(s.name)
+		g := l.h.lookup(s.name)
 		if len(g) == 1 && matches(g[0], k) {
 			anchors = append(anchors, g[0].Addr)
 		}
@@ -248,7 +372,11 @@ func (l *locator) nearest(name string, cands []kimage.Symbol, k byte) (kimage.Sy
 	best, next := dist(cands[0].Addr), dist(cands[1].Addr)
 	if best > 4<<20 || next < 4*best+64 {
 		var where []string
-		for _, c := range cands {
+		for i, c := range cands {
+			if i == 4 {
+				where = append(where, "...")
+				break
+			}
 			where = append(where, fmt.Sprintf("%#x", c.Addr))
 		}
 		return kimage.Symbol{}, fmt.Errorf("%w: %s defines %s %d times (%s) and the object's neighbours do not tell which is %s's", ErrAmbiguous, l.h.name, name, len(cands), strings.Join(where, ", "), l.orig.path)
