@@ -115,6 +115,12 @@ func analyze(u *unit, c *comparison, provided map[string]bool) (*analysis, error
 			// The companion file defines it.
 		case st == added && d.size == 0:
 			// Nothing to share (an empty lock_class_key without lockdep).
+		case st == added && numbered.MatchString(d.name) && d.bind == elf.STB_LOCAL && !strings.HasPrefix(d.sec.name, ".data..percpu"):
+			// A new function-local static: state of new code only, which
+			// no old code has; the patch carries it, initialised as
+			// compiled (function-local statics need no init code).
+			a.fresh[d] = true
+			a.changes = append(a.changes, &Change{File: u.Path, Object: object, Name: d.name, Kind: "data", Reason: "new function-local static, carried by the patch"})
 		case st == added && !a.usedByIncluded(users):
 			// New data no patched function uses.
 		case strings.HasPrefix(d.sec.name, ".init.") || strings.HasPrefix(d.sec.name, ".exit."):

@@ -106,6 +106,9 @@ func readObject(path string) (o *object, err error) {
 	}
 	o = &object{path: path, elf: f, bySec: map[*section][]*symbol{}}
 	for i, es := range f.Sections {
+		if es.Size > uint64(len(b)) && es.Type != elf.SHT_NOBITS || es.Size > 1<<30 {
+			return nil, fmt.Errorf("%s: section %s: size %#x is past the file's end", path, es.Name, es.Size)
+		}
 		s := &section{idx: i, name: es.Name, hdr: es.SectionHeader}
 		if es.Type != elf.SHT_NOBITS && es.Type != elf.SHT_NULL {
 			if s.data, err = es.Data(); err != nil {

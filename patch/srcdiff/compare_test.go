@@ -1,0 +1,207 @@
+package srcdiff
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/lucos/lucos/internal/testreq"
+)
+
+// Objects compiled by the host's gcc with the kernel's code model and
+// per-function sections: what the comparison sees in a kernel object,
+// without a kernel tree.
+func compile(t *testing.T, name, src string) *object {
+	t.Helper()
+	testreq.Tools(t, "gcc")
+	dir := filepath.Join(t.TempDir(), name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := filepath.Join(dir, "t.c") // as the diff names it
+	if err := os.WriteFile(c, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	obj := filepath.Join(dir, name+".o")
+	cmd := exec.Command("gcc", "-O2", "-g", "-c", "-ffunction-sections", "-fdata-sections", "-mcmodel=kernel",
+		"-fno-pic", "-mno-red-zone", "-fno-asynchronous-unwind-tables", "-fno-stack-protector", "-o", obj, c)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	o, err := readObject(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// analyzeSources compiles before and after and analyzes them as a diff of
+// file t.c would.
+func analyzeSources(t *testing.T, before, after string) (*analysis, error) {
+	t.Helper()
+	o1, o2 := compile(t, "before", before), compile(t, "after", after)
+	lc := compareLines("t.c", []byte(before), []byte(after))
+	a, err := analyze(&unit{Path: "t.c"}, newComparison(o1, o2, nil, []*lineChange{lc}), nil)
+	if a != nil {
+		explain(a)
+	}
+	return a, err
+}
+
+func changes(a *analysis) []string {
+	var out []string
+	for _, ch := range a.changes {
+		out = append(out, ch.String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+const common = `
+extern void report(const char *msg, int line);
+extern int level;
+`
+
+func TestCompareFunctionBodies(t *testing.T) {
+	before := common + `
+int same(int x) { return x * 3 + level; }
+int fixed(int x) { if (x > 10) report("big", 0); return x + 1; }
+`
+	after := common + `
+int same(int x) { return x * 3 + level; }
+int fixed(int x) { if (x > 10 || x < 0) report("big", 0); return x + 1; }
+`
+	a, err := analyzeSources(t, before, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := changes(a), []string{"changed: fixed"}; !slices.Equal(got, want) {
+		t.Errorf("changes = %q, want %q", got, want)
+	}
+}
+
+// A function whose only difference is a __LINE__ the diff moved is the
+// same; without the diff's line map it is not.
+func TestCompareLineNumbersOnly(t *testing.T) {
+	before := common + `
+int warn(int x) { if (x) report("w", __LINE__); return x; }
+int fixed(int x) { return x + 1; }
+`
+	after := common + `
+int fixed(int x)
+{
+	/* a fix that moves the lines below */
+	return x + 2;
+}
+int warn(int x) { if (x) report("w", __LINE__); return x; }
+`
+	a, err := analyzeSources(t, before, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := changes(a), []string{"changed: fixed"}; !slices.Equal(got, want) {
+		t.Errorf("changes = %q, want %q (warn differs only in a moved __LINE__)", got, want)
+	}
+	o1, o2 := compile(t, "before", before), compile(t, "after", after)
+	c := newComparison(o1, o2, nil, nil)
+	if c.sameFunction(o1.lookup("warn"), o2.lookup("warn")) {
+		t.Error("without the line map, a changed immediate must count as a change")
+	}
+}
+
+// A changed static inline changes the functions it is inlined into, and
+// they say why.
+func TestCompareInlinedStatic(t *testing.T) {
+	before := common + `
+static inline int clamp(int x) { return x > 100 ? 100 : x; }
+int user_a(int x) { return clamp(x) + level; }
+int user_b(int x) { return clamp(x * 2); }
+int other(int x) { return x - level; }
+`
+	after := strings.Replace(before, "x > 100 ? 100 : x", "x > 100 ? 100 : x < 0 ? 0 : x", 1)
+	a, err := analyzeSources(t, before, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"changed: user_a (inlined clamp changed)", "changed: user_b (inlined clamp changed)"}
+	if got := changes(a); !slices.Equal(got, want) {
+		t.Errorf("changes = %q, want %q", got, want)
+	}
+}
+
+func TestCompareStrings(t *testing.T) {
+	before := common + `int say(int x) { report("hello", x); return 0; }
+int keep(int x) { report("same", x); return 1; }`
+	after := common + `int say(int x) { report("hello, world", x); return 0; }
+int keep(int x) { report("same", x); return 1; }`
+	a, err := analyzeSources(t, before, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := changes(a), []string{"changed: say"}; !slices.Equal(got, want) {
+		t.Errorf("changes = %q, want %q", got, want)
+	}
+}
+
+// gcc numbers function-local statics; a diff that adds one before another
+// renumbers it, which is no change.
+func TestCompareRenumberedLocals(t *testing.T) {
+	before := common + `
+int counter(void) { static int n; return ++n; }
+`
+	after := common + `
+int fresh(void) { static int n; return n += 2; }
+int counter(void) { static int n; return ++n; }
+`
+	a, err := analyzeSources(t, before, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := changes(a)
+	if len(got) != 2 || got[1] != "new: fresh" || !strings.HasPrefix(got[0], "data: n.") || !strings.HasSuffix(got[0], "(new function-local static, carried by the patch)") {
+		t.Errorf("changes = %q, want fresh and its new static only (counter only had its static renumbered)", got)
+	}
+}
+
+// New file-scope writable data may need initialising code that never runs
+// in a live patch: refused, naming it.
+func TestCompareNewGlobalDataRefused(t *testing.T) {
+	before := common + `int get(void) { return level; }`
+	after := common + `int hits; int get(void) { hits++; return level; }`
+	_, err := analyzeSources(t, before, after)
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "new data hits") {
+		t.Fatalf("new writable global used by a changed function: err = %v, want a refusal naming hits", err)
+	}
+}
+
+func TestCompareChangedWritableDataRefused(t *testing.T) {
+	before := common + `int limit = 10; int get(void) { return limit; }`
+	after := common + `int limit = 20; int get(void) { return limit; }`
+	_, err := analyzeSources(t, before, after)
+	var re *RefusedError
+	if !errors.As(err, &re) || !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "changed data limit") {
+		t.Fatalf("changed initializer of a writable global: err = %v, want a refusal naming limit", err)
+	}
+}
+
+func TestCompareChangedConstantCarried(t *testing.T) {
+	before := common + `static const int table[4] = {1, 2, 3, 4};
+int pick(int i) { return table[i & 3]; }
+int other(int i) { return i; }`
+	after := strings.Replace(before, "{1, 2, 3, 4}", "{1, 2, 3, 5}", 1)
+	a, err := analyzeSources(t, before, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := changes(a)
+	if !slices.Contains(got, "changed: pick (uses changed constant table)") {
+		t.Errorf("changes = %q: pick uses the changed table", got)
+	}
+	if slices.Contains(got, "changed: other") {
+		t.Errorf("changes = %q: other does not use it", got)
+	}
+}
