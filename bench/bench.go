@@ -52,6 +52,7 @@ var Scenarios = []Scenario{
 	{"data", "data coherence: cost of a trapped write, slowdown while an instance is watched", Data},
 	{"overhead", "relative performance of workloads: no patch, a committed code patch, a coherence window", Overhead},
 	{"underload", "apply/rollback with workloads running: pauses, commit, throughput; next to in-guest Linux livepatch", UnderLoad},
+	{"realfix", "real stable fixes from source diffs: built, applied under load, checked in the guest, rolled back", RealFix},
 }
 
 // Lookup finds a scenario by name.

@@ -11,6 +11,7 @@ import (
 	"github.com/lucos/lucos/bench/workload"
 	"github.com/lucos/lucos/guest"
 	"github.com/lucos/lucos/guestmod"
+	"github.com/lucos/lucos/initramfs"
 	"github.com/lucos/lucos/introspect"
 	"github.com/lucos/lucos/kimage"
 	"github.com/lucos/lucos/launch"
@@ -53,6 +54,15 @@ func bootWorkloadGuest(ctx context.Context, opts launch.Options, progress io.Wri
 		return nil, err
 	}
 	extend := workload.Extend(bin)
+	if prev := opts.Extend; prev != nil { // what the scenario adds
+		w := extend
+		extend = func(a *initramfs.Archive) error {
+			if err := w(a); err != nil {
+				return err
+			}
+			return prev(a)
+		}
+	}
 	if withKLP {
 		klp, err := buildKLP(ctx, img.Release, g.tmp)
 		if err != nil {

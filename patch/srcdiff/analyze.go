@@ -45,9 +45,9 @@ type analysis struct {
 }
 
 // analyze compares the original and patched objects of u and decides what
-// the patch carries. provided names symbols a companion file defines
-// (new data the user supplies).
-func analyze(u *unit, c *comparison, provided map[string]bool) (*analysis, error) {
+// the patch carries. provided maps names the diff's code uses to what a
+// companion file defines for them (new data, or a LUCOS_DATA's new version).
+func analyze(u *unit, c *comparison, provided map[string]string) (*analysis, error) {
 	a := &analysis{comparison: c, unit: u, include: map[*symbol]*Change{}, fresh: map[*symbol]bool{}}
 	object := "vmlinux"
 	if u.Module != "" {
@@ -111,7 +111,7 @@ func analyze(u *unit, c *comparison, provided map[string]bool) (*analysis, error
 				add(f, c.orig.lookup(f.name), "changed", fmt.Sprintf("uses %s constant %s", what, d.name))
 			}
 			a.changes = append(a.changes, &Change{File: u.Path, Object: object, Name: d.name, Kind: "data", Reason: what + " read-only data, carried by the patch"})
-		case provided[d.name]:
+		case provided[d.name] != "":
 			// The companion file defines it.
 		case st == added && d.size == 0:
 			// Nothing to share (an empty lock_class_key without lockdep).

@@ -16,6 +16,7 @@ import (
 	"github.com/lucos/lucos/guest"
 	"github.com/lucos/lucos/kimage"
 	"github.com/lucos/lucos/patch/build"
+	"github.com/lucos/lucos/sdk"
 )
 
 // Options say which diffs to build into a patch, for which guest kernel.
@@ -135,6 +136,10 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		}
 	}
 
+	if err := copyBytes(sdk.PatchHeader, filepath.Join(work, "sdk", "include", "lucos", "patch.h")); err != nil {
+		return nil, err
+	}
+
 	// 2. Both builds of each file.
 	units, log, err := compileOriginals(ctx, src, cfiles, p)
 	if err != nil {
@@ -173,7 +178,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	provided, companionObjs, err := companions(ctx, o, img, work)
+	provided, companionObjs, err := companions(o)
 	if err != nil {
 		return nil, err
 	}
@@ -461,14 +466,13 @@ func builtInto(o *object, h *home) bool {
 	return false
 }
 
-// companions checks the companion files and returns the names they define
-// (found by compiling each against the guest headers' kbuild) and the
-// files to copy into the module.
-func companions(ctx context.Context, o Options, img *guest.Image, work string) (map[string]bool, []string, error) {
-	provided := map[string]bool{}
-	if len(o.Companions) == 0 {
-		return provided, nil, nil
-	}
+// companions reads the companion files: the names they define at file
+// scope with external linkage, which the diff's code then uses instead of
+// the kernel's (new data), and their LUCOS_DATA declarations, whose old
+// variable the diff's code uses under the new one's name. It returns the
+// map and the files to compile into the module.
+func companions(o Options) (map[string]string, []string, error) {
+	provided := map[string]string{}
 	for _, c := range o.Companions {
 		if !strings.HasSuffix(c, ".c") {
 			return nil, nil, fmt.Errorf("companion %s: want a .c file", c)
@@ -477,20 +481,44 @@ func companions(ctx context.Context, o Options, img *guest.Image, work string) (
 		if err != nil {
 			return nil, nil, err
 		}
+		statics := map[string]bool{}
 		for _, m := range globalDef.FindAllSubmatch(b, -1) {
-			line := string(m[0])
-			if strings.HasPrefix(line, "static") || strings.HasPrefix(line, "extern") || strings.HasPrefix(line, "typedef") || strings.HasPrefix(line, "return") {
-				continue
+			line, name := string(m[0]), string(m[1])
+			switch {
+			case strings.HasPrefix(line, "static"):
+				statics[name] = true
+			case strings.HasPrefix(line, "extern"), strings.HasPrefix(line, "typedef"), strings.HasPrefix(line, "return"):
+			default:
+				provided[name] = name
 			}
-			provided[string(m[1])] = true
+		}
+		for _, m := range defineMacro.FindAllSubmatch(b, -1) {
+			if len(m[1]) == 0 {
+				provided[string(m[2])] = string(m[2])
+			} else {
+				statics[string(m[2])] = true
+			}
+		}
+		for _, m := range lucosData.FindAllSubmatch(b, -1) {
+			old, nw := string(m[1]), string(m[2])
+			if statics[nw] {
+				return nil, nil, fmt.Errorf("companion %s: LUCOS_DATA(%s, %s, ...): declare %s without static, so that the code built from the diff can use it", c, old, nw, nw)
+			}
+			provided[old] = nw
 		}
 	}
 	return provided, o.Companions, nil
 }
 
-// globalDef finds the names a companion file defines at file scope with
-// external linkage (a variable or function not declared static or extern).
+// globalDef finds file-scope definitions and declarations (at the start of
+// a line: function bodies are indented) and the name each introduces.
 var globalDef = regexp.MustCompile(`(?m)^(?:[A-Za-z_][\w \t\*]*?[ \t\*])([A-Za-z_]\w*)\s*(?:\[[^\]]*\]\s*)?(?:=|;|\()`)
+
+// defineMacro finds the kernel's DEFINE_SPINLOCK(name)-style definitions.
+var defineMacro = regexp.MustCompile(`(?m)^(static\s+)?DEFINE_[A-Z_]+\s*\(\s*(\w+)`)
+
+// lucosData finds LUCOS_DATA(old, new, ...) and LUCOS_DATA_POS(old, pos, new, ...).
+var lucosData = regexp.MustCompile(`LUCOS_DATA(?:_POS)?\s*\(\s*(\w+)\s*,\s*(?:\d+\s*,\s*)?(\w+)`)
 
 // linesAbout picks the lines of a build log that name path, and the
 // compiler's context after them.
@@ -516,6 +544,10 @@ func copyFile(from, to string) error {
 	if err != nil {
 		return err
 	}
+	return copyBytes(b, to)
+}
+
+func copyBytes(b []byte, to string) error {
 	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
 		return err
 	}

@@ -166,8 +166,11 @@ func compilePatched(ctx context.Context, root, work string, u *unit) (string, er
 				w = filepath.Join(srcDir, u.Path)
 			case i == 0 && w == "-c":
 				// Relative to the tree, as kbuild names files: __FILE__ of a
-				// header found there reads as in the original build.
-				out = append(out, "-iquote", "./"+filepath.Dir(u.Path), "-fmacro-prefix-map="+srcDir+"/=")
+				// header found there reads as in the original build. The
+				// SDK's header comes last, for diffs that use lucos's
+				// shadow variables (#include <lucos/patch.h>).
+				out = append(out, "-iquote", "./"+filepath.Dir(u.Path), "-fmacro-prefix-map="+srcDir+"/=",
+					"-idirafter", filepath.Join(work, "sdk", "include"))
 			case i == 0 && strings.HasPrefix(w, "-I"):
 				dir := strings.TrimPrefix(w, "-I")
 				if dir == "" && j+1 < len(argv) {

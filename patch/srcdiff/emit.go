@@ -28,8 +28,9 @@ type emitter struct {
 	// function's global alias.
 	funcs []redirect
 	next  int
-	// provided: names a companion file defines.
-	provided map[string]bool
+	// provided maps names of the diff's code to what a companion file
+	// defines for them.
+	provided map[string]string
 	errs     []string
 }
 
@@ -48,7 +49,7 @@ type redirect struct {
 	change  *Change
 }
 
-func newEmitter(provided map[string]bool) *emitter {
+func newEmitter(provided map[string]string) *emitter {
 	return &emitter{out: newOutObject(), placed: map[*section][]placement{}, sympos: map[string]int{}, provided: provided}
 }
 
@@ -204,8 +205,8 @@ func (e *emitter) relocate(p placement, loc *locator) error {
 		case n.typ == elf.STT_OBJECT && (perSite(n) || a.fresh[n]):
 			q := e.copyPiece(a, ts, n.value, n.value+n.size)
 			p.out.relocs = append(p.out.relocs, outReloc{off: off, typ: r.typ, sym: q.out.sym, addend: int64(q.at+(toff-q.lo)) - adj})
-		case e.provided[n.name]:
-			p.out.relocs = append(p.out.relocs, outReloc{off: off, typ: r.typ, sym: e.out.undefined(n.name), addend: int64(toff-n.value) - adj})
+		case e.provided[n.name] != "":
+			p.out.relocs = append(p.out.relocs, outReloc{off: off, typ: r.typ, sym: e.out.undefined(e.provided[n.name]), addend: int64(toff-n.value) - adj})
 		default:
 			name, err := e.kernelName(a, n, loc)
 			if err != nil {
@@ -255,8 +256,8 @@ func (e *emitter) kernelName(a *analysis, n *symbol, loc *locator) (string, erro
 // else of the kernel — with its sympos recorded where the guest has several
 // definitions of the name.
 func (e *emitter) external(name string, loc *locator) (string, error) {
-	if e.provided[name] {
-		return name, nil
+	if to := e.provided[name]; to != "" {
+		return to, nil
 	}
 	h := loc.h
 	if h.module && len(h.lookup(name)) == 0 {

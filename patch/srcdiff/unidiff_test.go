@@ -222,3 +222,38 @@ func FuzzReadObject(f *testing.F) {
 		readObject(p)
 	})
 }
+
+func TestCompanions(t *testing.T) {
+	dir := t.TempDir()
+	c := filepath.Join(dir, "extra.c")
+	os.WriteFile(c, []byte(`#include <lucos/patch.h>
+DEFINE_SPINLOCK(new_lock);
+int new_counter;
+static int helper(void);
+extern int kernel_thing;
+struct foo_v2 foo_new = { .a = 1 };
+LUCOS_DATA(foo, foo_new, xfer, rxfer);
+LUCOS_DATA_POS(bar, 2, bar_new, xfer2, rxfer2);
+struct bar_v2 bar_new;
+`), 0o644)
+	got, files, err := companions(Options{Companions: []string{c}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"new_lock": "new_lock", "new_counter": "new_counter", "foo_new": "foo_new", "foo": "foo_new", "bar": "bar_new", "bar_new": "bar_new"}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("companions[%q] = %q, want %q (all: %v)", k, got[k], v, got)
+		}
+	}
+	if got["helper"] != "" || got["kernel_thing"] != "" {
+		t.Errorf("a static or extern is not provided: %v", got)
+	}
+	if len(files) != 1 {
+		t.Errorf("files = %v", files)
+	}
+	os.WriteFile(c, []byte("static struct foo_v2 foo_new;\nLUCOS_DATA(foo, foo_new, x, y);\n"), 0o644)
+	if _, _, err := companions(Options{Companions: []string{c}}); err == nil || !strings.Contains(err.Error(), "without static") {
+		t.Errorf("a static new variable: %v", err)
+	}
+}
