@@ -21,7 +21,7 @@ import (
 func newBenchCmd() *cobra.Command {
 	var gf guestFlags
 	var asJSON bool
-	var reportPath, command string
+	var reportPath, command, fixes string
 	var names []string
 	for _, s := range bench.Scenarios {
 		names = append(names, fmt.Sprintf("  %-10s %s", s.Name, s.Brief))
@@ -35,6 +35,7 @@ func newBenchCmd() *cobra.Command {
 			"each scenario's table, notes and figures (SVG, drawn into bench/ next to the report),\n" +
 			"and the claims the README quotes, each traced to its row.",
 		Example: `  lucos bench pause apply
+  lucos bench realfix --fixes ~/my-fixes --release 6.1.0-54-cloud-amd64
   lucos bench all --report docs/BENCHMARKS.md --command "make bench"`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -42,6 +43,7 @@ func newBenchCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			bench.DefaultRealFix.Dir = fixes
 			var run []bench.Scenario
 			for _, a := range args {
 				if a == "all" {
@@ -95,6 +97,7 @@ func newBenchCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print results as JSON")
 	cmd.Flags().StringVar(&reportPath, "report", "", "write the benchmark report to this file, its figures to bench/ beside it")
 	cmd.Flags().StringVar(&command, "command", "", `the command the report says produced it (default "lucos bench ARGS")`)
+	cmd.Flags().StringVar(&fixes, "fixes", "", "realfix: try the diffs (*.patch, *.diff) of this directory instead of the built-in corpus (bench/realfix/fixes, for 6.1.0-54; pass --release for others)")
 	return cmd
 }
 
