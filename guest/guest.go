@@ -6,7 +6,9 @@
 // directory per kernel release, ~/.cache/lucos/<release>/ by default.
 //
 // It is the first step of the data path: vmm boots Image.Kernel, introspect
-// parses it, and patch builds run kbuild in Image.BuildDir.
+// parses it, patch builds run kbuild in Image.BuildDir, and the guest loads
+// the release's stock modules from Image.ModulesDisk (modules.go indexes
+// them as depmod would, modulesdisk.go makes the disk).
 package guest
 
 import (
