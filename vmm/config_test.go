@@ -1,6 +1,12 @@
 package vmm
 
-import "testing"
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
 
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]uint64{"1G": 1 << 30, "512M": 512 << 20, "768": 768 << 20, "2GiB": 2 << 30, "1048576K": 1 << 30} {
@@ -33,5 +39,35 @@ func TestRAMLayout(t *testing.T) {
 	}
 	if _, err := big.offset(0xc000_0000, 8); err == nil {
 		t.Error("4G: read in the PCI hole accepted")
+	}
+}
+
+func TestDisk(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "a,b.ext4")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := Disk{Path: img, Serial: "lucos-modules"}
+	if err := d.validate(); err != nil {
+		t.Fatal(err)
+	}
+	// A comma in the path is doubled: QEMU would read it as the next option.
+	want := []string{
+		"-drive", "if=none,id=disk1,format=raw,readonly=on,file=" + strings.ReplaceAll(img, ",", ",,"),
+		"-device", "nvme,drive=disk1,serial=lucos-modules",
+	}
+	if got := d.QEMUArgs(1); !slices.Equal(got, want) {
+		t.Errorf("QEMUArgs = %q, want %q", got, want)
+	}
+	for _, bad := range []Disk{
+		{Path: img},
+		{Path: img, Serial: "a,b"},
+		{Path: img, Serial: "twenty-one-characters"},
+		{Path: filepath.Join(t.TempDir(), "missing"), Serial: "x"},
+		{Path: t.TempDir(), Serial: "x"},
+	} {
+		if err := bad.validate(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
 	}
 }

@@ -25,7 +25,8 @@ func KernelCmdline(extra string) string {
 }
 
 // qemuArgs builds the QEMU command line. q35 boots the stock kernel a little
-// faster than pc here (docs/BENCHMARKS.md) and needs no extra devices.
+// faster than pc here (docs/BENCHMARKS.md) and needs no extra devices
+// (disks are NVMe controllers on its PCIe root).
 // -S creates the VM stopped, so no console output is lost before lucos
 // connects and the gdbstub sees the guest from its first instruction.
 func (m *Machine) qemuArgs() []string {
@@ -54,6 +55,9 @@ func (m *Machine) qemuArgs() []string {
 	}
 	if m.cfg.Initrd != "" {
 		args = append(args, "-initrd", m.cfg.Initrd)
+	}
+	for i, d := range m.cfg.Disks {
+		args = append(args, d.QEMUArgs(i)...)
 	}
 	return args
 }
