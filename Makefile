@@ -4,12 +4,13 @@ SHELL := /bin/bash
 
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 LUCOS := bin/lucos
-# Host packages: QEMU (TCG), static busybox for the guest initramfs, and a
-# C toolchain for kbuild-built patch modules (the Debian kernel is built with
-# gcc-12; kbuild's objtool needs libelf1); and what preparing the kernel's own
+# Host packages: QEMU (TCG), static busybox for the guest initramfs, mke2fs
+# (e2fsprogs) for the guest's modules disk, and a C toolchain for kbuild-built
+# patch modules (the Debian kernel is built with gcc-12; kbuild's objtool
+# needs libelf1); and what preparing the kernel's own
 # source needs for patches built from diffs (lucos guest source: flex, bison,
 # bc, libssl-dev, libelf-dev, pahole from dwarves, patch, xz).
-APT_PACKAGES := qemu-system-x86 busybox-static cpio gcc gcc-12 make libc6-dev libelf1 \
+APT_PACKAGES := qemu-system-x86 busybox-static cpio e2fsprogs gcc gcc-12 make libc6-dev libelf1 \
 	flex bison bc libssl-dev libelf-dev dwarves patch xz-utils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GOTESTFLAGS ?= -count=1 -timeout 80m

@@ -21,25 +21,23 @@ const bootRounds = 5
 
 // Boot compares the time from launch to the guest's shell being ready under
 // lucos (QMP, gdbstub, shared RAM, serial ports) with plain QEMU booting the
-// same kernel, initramfs and command line, alternating the two.
+// same kernel, initramfs, modules disk and command line, alternating the two.
 func Boot(ctx context.Context, opts launch.Options, progress io.Writer) (*Result, error) {
-	kernel, initrd, control, err := launch.Guest(ctx, opts)
+	cfg, err := launch.Guest(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
-	if !control {
+	if !cfg.Control {
 		return nil, fmt.Errorf("boot benchmark needs lucos's initramfs (no --initrd)")
 	}
 	var withLucos, plain []float64
 	for i := 0; i < bootRounds; i++ {
 		fmt.Fprintf(progress, "boot: round %d/%d\n", i+1, bootRounds)
-		d, err := plainBoot(ctx, opts.VM, kernel, initrd)
+		d, err := plainBoot(ctx, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("plain QEMU boot: %w", err)
 		}
 		plain = append(plain, d.Seconds()*1e3)
-		cfg := opts.VM
-		cfg.Kernel, cfg.Initrd, cfg.Control = kernel, initrd, true
 		m, err := vmm.Start(ctx, cfg)
 		if err != nil {
 			return nil, err
@@ -55,8 +53,9 @@ func Boot(ctx context.Context, opts launch.Options, progress io.Writer) (*Result
 }
 
 // plainBoot runs QEMU as a user would, without lucos's sockets and shared
-// RAM, and times it until the same readiness line.
-func plainBoot(ctx context.Context, cfg vmm.Config, kernel, initrd string) (time.Duration, error) {
+// RAM, and times it until the same readiness line. It boots cfg's kernel,
+// initramfs and disks.
+func plainBoot(ctx context.Context, cfg vmm.Config) (time.Duration, error) {
 	dir, err := os.MkdirTemp("", "lucos-plain-")
 	if err != nil {
 		return 0, err
@@ -75,12 +74,17 @@ func plainBoot(ctx context.Context, cfg vmm.Config, kernel, initrd string) (time
 	cpus := max(cfg.CPUs, 1)
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64",
+	args := []string{
 		"-machine", "q35", "-accel", "tcg", "-m", fmt.Sprintf("%dM", mem>>20), "-smp", fmt.Sprint(cpus),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-kernel", kernel, "-initrd", initrd, "-append", vmm.KernelCmdline(""),
-		"-serial", "file:"+filepath.Join(dir, "console.log"),
-		"-serial", "unix:"+ctl)
+		"-kernel", cfg.Kernel, "-initrd", cfg.Initrd, "-append", vmm.KernelCmdline(""),
+		"-serial", "file:" + filepath.Join(dir, "console.log"),
+		"-serial", "unix:" + ctl,
+	}
+	for i, d := range cfg.Disks {
+		args = append(args, d.QEMUArgs(i)...)
+	}
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return 0, err

@@ -1,7 +1,8 @@
 // Package launch composes the default lucos guest: it fetches the stock
 // Debian kernel (package guest), builds the initramfs with the control
-// channel and any extra files (package initramfs), and starts the VM
-// (package vmm). `lucos run`, `lucos demo` and the integration tests all
+// channel and any extra files (package initramfs), attaches the release's
+// modules disk (guest.ModulesDisk) and mounts it in the guest so that
+// modprobe loads any stock module, and starts the VM (package vmm). `lucos run`, `lucos demo` and the integration tests all
 // boot guests through it.
 package launch
 
@@ -12,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/lucos/lucos/guest"
 	"github.com/lucos/lucos/initramfs"
@@ -22,32 +24,48 @@ import (
 type Options struct {
 	Image guest.Options
 	// Kernel and Initrd replace the fetched kernel and the built initramfs.
-	// A custom initrd has no lucos control channel, so Exec is unavailable.
+	// A custom initrd has no lucos control channel, so Exec is unavailable,
+	// and no modules disk.
 	Kernel, Initrd string
 	// Extend adds files to the default initramfs (workloads, test modules).
 	Extend func(*initramfs.Archive) error
 	VM     vmm.Config
 }
 
-// Guest resolves the kernel and initramfs of opts without starting anything:
-// it fetches the image if needed and writes the initramfs next to it.
-func Guest(ctx context.Context, opts Options) (kernel, initrd string, control bool, err error) {
-	kernel, initrd = opts.Kernel, opts.Initrd
-	if kernel != "" && initrd != "" {
-		return kernel, initrd, false, nil
+// Guest resolves the kernel, initramfs and disks of opts without starting
+// anything: it fetches the image if needed, writes the initramfs next to it
+// and builds the modules disk there the first time (see modules.go). The
+// result is opts.VM with Kernel, Initrd, Control and Disks set.
+func Guest(ctx context.Context, opts Options) (vmm.Config, error) {
+	cfg := opts.VM
+	cfg.Kernel, cfg.Initrd = opts.Kernel, opts.Initrd
+	if cfg.Kernel != "" && cfg.Initrd != "" {
+		return cfg, nil
 	}
 	img, err := guest.Fetch(ctx, opts.Image)
 	if err != nil {
-		return "", "", false, err
+		return cfg, err
 	}
-	if kernel == "" {
-		kernel = img.Kernel
+	if cfg.Kernel == "" {
+		cfg.Kernel = img.Kernel
 	}
-	if initrd != "" {
-		return kernel, initrd, false, nil
+	if cfg.Initrd != "" {
+		return cfg, nil
 	}
-	initrd, err = buildInitramfs(img, opts.Extend)
-	return kernel, initrd, err == nil, err
+	disk, err := img.ModulesDisk(ctx)
+	if err != nil {
+		return cfg, err
+	}
+	extend, err := withModules(img, disk, opts.Extend)
+	if err != nil {
+		return cfg, err
+	}
+	if cfg.Initrd, err = buildInitramfs(img, extend); err != nil {
+		return cfg, err
+	}
+	cfg.Control = true
+	cfg.Disks = append(slices.Clip(cfg.Disks), vmm.Disk{Path: disk.Path, Serial: guest.ModulesLabel})
+	return cfg, nil
 }
 
 // buildInitramfs writes the default initramfs into the image's cache
@@ -88,11 +106,9 @@ func buildInitramfs(img *guest.Image, extend func(*initramfs.Archive) error) (st
 
 // Start boots the guest of opts.
 func Start(ctx context.Context, opts Options) (*vmm.Machine, error) {
-	kernel, initrd, control, err := Guest(ctx, opts)
+	cfg, err := Guest(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
-	cfg := opts.VM
-	cfg.Kernel, cfg.Initrd, cfg.Control = kernel, initrd, control
 	return vmm.Start(ctx, cfg)
 }

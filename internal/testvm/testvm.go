@@ -43,6 +43,9 @@ func Image(t testing.TB) *guest.Image {
 func Options(t testing.TB) launch.Options {
 	t.Helper()
 	testreq.Tools(t, "qemu-system-x86_64")
+	if _, err := guest.Mke2fs(); err != nil { // builds the modules disk
+		Unavailable(t, "%v", err)
+	}
 	Image(t)
 	return launch.Options{VM: vmm.Config{CPUs: 2, Accel: vmm.AccelTCG}}
 }
