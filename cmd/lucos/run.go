@@ -82,8 +82,16 @@ VM's run directory, printed at start): "lucos exec" and "lucos status" use it.
 
 The guest kernel is the stock Debian bookworm kernel, fetched on first use
 (see "lucos guest fetch"). Guest-physical memory at 256 MiB..+16 MiB is
-reserved (memmap=) for patch code.`,
+reserved (memmap=) for patch code.
+
+Every stock module of the kernel release can be loaded in the guest with
+modprobe (or by the kernel itself, by alias): the release's modules
+directory, with a modules.dep and modules.alias lucos writes, is a read-only
+ext4 disk (NVMe) mounted on /lib/modules/<release>; it is built once per
+release in the guest cache (needs mke2fs, package e2fsprogs) and costs the
+guest no RAM until a module is loaded. With --initrd there is none.`,
 		Example: `  lucos run --cpus 2 -- grep -c ^processor /proc/cpuinfo
+  lucos run -- sh -c 'modprobe nfsd && grep ^nfsd /proc/modules'
   lucos run --api-sock /tmp/vm.sock          # interactive; from another shell:
   lucos exec --api-sock /tmp/vm.sock -- uname -r
   lucos run --bugs --api-sock /tmp/vm.sock   # with the module the data and callback examples fix`,
