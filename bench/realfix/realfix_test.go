@@ -87,30 +87,38 @@ func boot(t *testing.T) *rig {
 // its source the first time).
 func build(t *testing.T, file string) (*srcdiff.Result, []byte) {
 	t.Helper()
-	testreq.Tools(t, "gcc-12", "make", "patch", "flex", "bison", "pahole")
-	tmp := t.TempDir()
-	fixes, err := realfix.Load("", tmp)
+	fixes, err := realfix.Load("", t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range fixes {
-		if f.File != file {
-			continue
+		if f.File == file {
+			res, ko, err := buildDiff(t, f.Path)
+			if err != nil {
+				t.Fatalf("build %s: %v", file, err)
+			}
+			return res, ko
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-		defer cancel()
-		res, err := srcdiff.Build(ctx, srcdiff.Options{Diffs: []string{f.Path}, Release: realfix.Release, Output: filepath.Join(tmp, "fix.ko")})
-		if err != nil {
-			t.Fatalf("build %s: %v", file, err)
-		}
-		ko, err := os.ReadFile(res.KO)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res, ko
 	}
 	t.Fatalf("no fix %s in the corpus", file)
 	return nil, nil
+}
+
+// buildDiff builds the diff at path for the 6.1.0-54 guest.
+func buildDiff(t *testing.T, path string) (*srcdiff.Result, []byte, error) {
+	t.Helper()
+	testreq.Tools(t, "gcc-12", "make", "patch", "flex", "bison", "pahole")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	res, err := srcdiff.Build(ctx, srcdiff.Options{Diffs: []string{path}, Release: realfix.Release, Output: filepath.Join(t.TempDir(), "fix.ko")})
+	if err != nil {
+		return nil, nil, err
+	}
+	ko, err := os.ReadFile(res.KO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, ko, nil
 }
 
 func (r *rig) check(t *testing.T, cmd string) string {

@@ -121,11 +121,24 @@ func analyze(u *unit, c *comparison, provided map[string]string) (*analysis, err
 			// compiled (function-local statics need no init code).
 			a.fresh[d] = true
 			a.changes = append(a.changes, &Change{File: u.Path, Object: object, Name: d.name, Kind: "data", Reason: "new function-local static, carried by the patch"})
+		case st == added && strings.HasPrefix(d.sec.name, ".data..percpu"):
+			refused = append(refused, fmt.Sprintf("new per-CPU data %s: a patch cannot allocate per-CPU space", d.name))
+		case st == added && a.onlyPatchedUsers(users):
+			// New data that only the patch's own code uses: no old code
+			// knows it, so the patch carries it, initialised as compiled
+			// (as kpatch does). What boot-time code would have set up
+			// cannot be: that case is refused below.
+			a.fresh[d] = true
+			a.changes = append(a.changes, &Change{File: u.Path, Object: object, Name: d.name, Kind: "data", Reason: "new data, carried by the patch"})
 		case st == added && !a.usedByIncluded(users):
 			// New data no patched function uses.
 		case strings.HasPrefix(d.sec.name, ".init.") || strings.HasPrefix(d.sec.name, ".exit."):
 		default:
-			refused = append(refused, fmt.Sprintf("%s data %s (%s, %d bytes) is writable: the kernel's instance holds live state that a new copy would not share; define it in a companion file (--companion FILE.c) with LUCOS_DATA for a changed layout or as the new variable, or use shadow variables (docs/PATCH-FORMAT.md)", what, d.name, d.sec.name, d.size))
+			why := "the kernel's instance holds live state that a new copy would not share"
+			if st == added {
+				why = "code the patch does not carry uses it too (boot-time code that would set it up, or code of the unchanged kernel)"
+			}
+			refused = append(refused, fmt.Sprintf("%s data %s (%s, %d bytes) is writable and %s; define it in a companion file (--companion FILE.c) with LUCOS_DATA for a changed layout or as the new variable, or use shadow variables (docs/PATCH-FORMAT.md)", what, d.name, d.sec.name, d.size, why))
 		}
 	}
 	if len(refused) > 0 {
@@ -168,6 +181,17 @@ func parentOf(o *object, f *symbol) *symbol {
 		return o.lookup(name)
 	}
 	return nil
+}
+
+// onlyPatchedUsers reports whether every user is a function the patch
+// carries (none boot-time code), and there is one.
+func (a *analysis) onlyPatchedUsers(users []*symbol) bool {
+	for _, f := range users {
+		if _, ok := a.include[f]; !ok || initSection(f.sec) {
+			return false
+		}
+	}
+	return len(users) > 0
 }
 
 func (a *analysis) usedByIncluded(users []*symbol) bool {

@@ -109,7 +109,15 @@ func (e *emitter) placeFunction(a *analysis, f *symbol) placement {
 	e.out.secs = append(e.out.secs, s)
 	e.out.syms = append(e.out.syms, s.sym)
 	at := s.appendBytes(f.sec.bytesOf(f.value, f.value+f.size), f.size, 1)
-	e.out.define(f.name, elf.STB_LOCAL, elf.STT_FUNC, s, at, f.size)
+	// A new global function keeps its name global: another file of the
+	// diff may call it (kpatch's new-globals); it was in no object before,
+	// so nothing in the kernel has that name. Others are local: the
+	// kernel's function of the name stays the one other code calls.
+	bind := elf.STB_LOCAL
+	if f.bind == elf.STB_GLOBAL && a.counterpart(f) == nil {
+		bind = elf.STB_GLOBAL
+	}
+	e.out.define(f.name, bind, elf.STT_FUNC, s, at, f.size)
 	return e.place(a, f.sec, f.value, f.value+f.size, s, at)
 }
 
