@@ -90,6 +90,32 @@ func analyze(u *unit, c *comparison, provided map[string]string) (*analysis, err
 		}
 	}
 
+	// A changed function without an ftrace entry (notrace, or the
+	// out-of-line copy of an inline: __do_sys_newuname) cannot be
+	// redirected; the patch carries its new version and replaces its
+	// callers instead, up to functions that can be redirected.
+	for i := 0; i < len(a.changes); i++ {
+		ch := a.changes[i]
+		if ch.Kind != "changed" || ch.orig == nil || hasFentry(c.orig, ch.orig) {
+			continue
+		}
+		if ch.orig.bind != elf.STB_LOCAL {
+			refused = append(refused, fmt.Sprintf("%s changed, has no ftrace entry to redirect (notrace), and is global: code of other files calls it", ch.Name))
+			continue
+		}
+		if where := addressTaken(c.patched, ch.sym); where != "" {
+			refused = append(refused, fmt.Sprintf("%s changed, has no ftrace entry to redirect (notrace or inline), and its address is taken (%s)", ch.Name, where))
+			continue
+		}
+		ch.Kind, ch.Reason = "new", "changed, but has no ftrace entry to redirect (notrace or inline): carried for its callers"
+		for _, f := range a.users(ch.sym) {
+			if _, ok := a.include[f]; ok || f == ch.sym {
+				continue
+			}
+			add(f, c.orig.lookup(f.name), "changed", "calls "+ch.Name+", which has no ftrace entry")
+		}
+	}
+
 	c.compareData()
 	for _, d := range sortedData(c.dataStatus) {
 		st := c.dataStatus[d]
@@ -114,7 +140,9 @@ func analyze(u *unit, c *comparison, provided map[string]string) (*analysis, err
 		case provided[d.name] != "":
 			// The companion file defines it.
 		case st == added && d.size == 0:
-			// Nothing to share (an empty lock_class_key without lockdep).
+			// Nothing to share (an empty lock_class_key without lockdep);
+			// the patch carries it, so it has an address.
+			a.fresh[d] = true
 		case st == added && numbered.MatchString(d.name) && d.bind == elf.STB_LOCAL && !strings.HasPrefix(d.sec.name, ".data..percpu"):
 			// A new function-local static: state of new code only, which
 			// no old code has; the patch carries it, initialised as
@@ -214,4 +242,33 @@ func sortedData(m map[*symbol]status) []*symbol {
 	}
 	slices.SortFunc(out, func(a, b *symbol) int { return a.idx - b.idx })
 	return out
+}
+
+// hasFentry reports whether f starts with its `call __fentry__` (after an
+// endbr64, when the kernel has IBT).
+func hasFentry(o *object, f *symbol) bool {
+	for _, r := range f.sec.relocsIn(f.value, f.value+16) {
+		if r.sym != nil && !r.sym.defined() && r.sym.name == "__fentry__" {
+			return true
+		}
+	}
+	return false
+}
+
+// addressTaken names a datum of o that holds f's address, or "".
+func addressTaken(o *object, f *symbol) string {
+	for _, s := range o.secs {
+		if !dataSection(s) {
+			continue
+		}
+		for _, r := range s.relocs {
+			if n := o.named(s, r); n == f {
+				if d := o.symbolAt(s, r.off); d != nil {
+					return d.name
+				}
+				return s.name
+			}
+		}
+	}
+	return ""
 }

@@ -140,12 +140,29 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 
-	// 2. Both builds of each file.
+	// 2. Both builds of each file this configuration builds.
+	res := &Result{Source: src.Package + " " + src.Version}
+	cfg, err := readKconfig(filepath.Join(src.Dir, ".config"))
+	if err != nil {
+		return nil, err
+	}
+	var configured []string
+	for _, path := range cfiles {
+		off := leftOut(src.Dir, cfg, path)
+		switch {
+		case off == "":
+			configured = append(configured, path)
+		case named[path]:
+			return nil, fmt.Errorf("%w: %s is not built into this kernel: %s is not set in its configuration", ErrSourceMismatch, path, off)
+		default:
+			res.Skipped = append(res.Skipped, fmt.Sprintf("%s (not in this configuration: %s is not set)", path, off))
+		}
+	}
+	cfiles = configured
 	units, log, err := compileOriginals(ctx, src, cfiles, p)
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Source: src.Package + " " + src.Version}
 	var built []string
 	for _, path := range cfiles {
 		switch {
@@ -178,6 +195,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	ignore := siteIgnore(k)
 	provided, companionObjs, err := companions(o)
 	if err != nil {
 		return nil, err
@@ -220,7 +238,9 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 			res.Skipped = append(res.Skipped, path+" (not built into this kernel)")
 			continue
 		}
-		a, err := analyze(u, newComparison(orig, patched, tabs, lines), provided)
+		c := newComparison(orig, patched, tabs, lines)
+		c.siteIgnore = ignore
+		a, err := analyze(u, c, provided)
 		if err != nil {
 			return nil, err
 		}

@@ -5,6 +5,7 @@ import (
 	"debug/elf"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/arch/x86/x86asm"
@@ -51,6 +52,8 @@ type comparison struct {
 	dataStatus map[*symbol]status
 	// visiting guards the recursive comparison of anonymous pieces.
 	visiting map[[2]pieceKey]bool
+	// siteIgnore: line numbers in per-site data, by section (siteIgnore()).
+	siteIgnore map[string][][2]uint64
 }
 
 type pieceKey struct {
@@ -102,6 +105,54 @@ func (c *comparison) correlateLocals() {
 			c.local[s2.name], taken[s1.name] = s1.name, true
 		}
 	}
+	// Then those a changed function uses, whose relocations no longer
+	// pair up: the same base name, used by a function of the same name.
+	u1, u2 := localUsers(c.orig), localUsers(c.patched)
+	for s2, f2 := range u2 {
+		if _, ok := c.local[s2.name]; ok {
+			continue
+		}
+		base := numbered.FindStringSubmatch(s2.name)[1]
+		var match *symbol
+		n := 0
+		for s1, f1 := range u1 {
+			if taken[s1.name] || numbered.FindStringSubmatch(s1.name)[1] != base || !intersect(f1, f2) {
+				continue
+			}
+			match, n = s1, n+1
+		}
+		if n == 1 {
+			c.local[s2.name], taken[match.name] = match.name, true
+		}
+	}
+}
+
+// localUsers maps each numbered local object of o to the functions (by
+// name, .cold parts as their parent) that refer to it.
+func localUsers(o *object) map[*symbol][]string {
+	users := map[*symbol][]string{}
+	for _, f := range o.functions() {
+		name := strings.TrimSuffix(f.name, ".cold")
+		for _, r := range f.sec.relocsIn(f.value, f.value+f.size) {
+			n := o.named(f.sec, r)
+			if n == nil || n.typ != elf.STT_OBJECT || n.bind != elf.STB_LOCAL || !numbered.MatchString(n.name) {
+				continue
+			}
+			if !slices.Contains(users[n], name) {
+				users[n] = append(users[n], name)
+			}
+		}
+	}
+	return users
+}
+
+func intersect(a, b []string) bool {
+	for _, x := range a {
+		if slices.Contains(b, x) {
+			return true
+		}
+	}
+	return false
 }
 
 // named returns the FUNC/OBJECT symbol a relocation points into, or nil.
@@ -296,7 +347,39 @@ func (c *comparison) sameRange(s1 *section, a1, b1 uint64, s2 *section, a2, b2 u
 	if bytes.Equal(d1, d2) {
 		return true
 	}
+	if s1.strings() {
+		return c.stringLinesOnly(d1, d2)
+	}
 	return s1.exec() && c.lineNumbersOnly(d1, d2)
+}
+
+var digits = regexp.MustCompile(`[0-9]+`)
+
+// stringLinesOnly reports whether two strings differ only in numbers that
+// are line numbers the diff moved: __stringify(__LINE__) in a message
+// (fortify's "... (line 8495)").
+func (c *comparison) stringLinesOnly(d1, d2 []byte) bool {
+	n1, n2 := digits.FindAllIndex(d1, -1), digits.FindAllIndex(d2, -1)
+	if len(n1) != len(n2) || len(n1) == 0 {
+		return false
+	}
+	var rest1, rest2 []byte
+	p1, p2 := 0, 0
+	for i := range n1 {
+		a, b := d1[n1[i][0]:n1[i][1]], d2[n2[i][0]:n2[i][1]]
+		rest1 = append(rest1, d1[p1:n1[i][0]]...)
+		rest2 = append(rest2, d2[p2:n2[i][0]]...)
+		p1, p2 = n1[i][1], n2[i][1]
+		if bytes.Equal(a, b) {
+			continue
+		}
+		x, err1 := strconv.ParseInt(string(a), 10, 64)
+		y, err2 := strconv.ParseInt(string(b), 10, 64)
+		if err1 != nil || err2 != nil || !c.movedLine(x, y) {
+			return false
+		}
+	}
+	return bytes.Equal(append(rest1, d1[p1:]...), append(rest2, d2[p2:]...))
 }
 
 // sameRef reports whether two relocations point at equivalent things.
@@ -313,6 +396,9 @@ func (c *comparison) sameRef(s1 *section, r1 reloc, s2 *section, r2 reloc) bool 
 			return false
 		}
 		if perSite(n2) {
+			if ig := c.siteIgnore[t2.name]; ig != nil && n1.size == n2.size {
+				return c.sameSite(t1, n1, t2, n2, ig)
+			}
 			return c.samePiece(t1, n1.value, n1.value+n1.size, t2, n2.value, n2.value+n2.size)
 		}
 		return c.origName(n2) == n1.name
@@ -325,6 +411,37 @@ func (c *comparison) sameRef(s1 *section, r1 reloc, s2 *section, r2 reloc) bool 
 		return c.samePiece(t1, a1, e1, t2, a2, e2)
 	}
 	return false
+}
+
+// sameSite compares two per-site objects leaving out their line numbers
+// (ranges ig, from the object's start): bytes, then relocations.
+func (c *comparison) sameSite(t1 *section, n1 *symbol, t2 *section, n2 *symbol, ig [][2]uint64) bool {
+	d1 := slices.Clone(t1.bytesOf(n1.value, n1.value+n1.size))
+	d2 := slices.Clone(t2.bytesOf(n2.value, n2.value+n2.size))
+	r1, r2 := t1.relocsIn(n1.value, n1.value+n1.size), t2.relocsIn(n2.value, n2.value+n2.size)
+	mask(d1, r1, n1.value)
+	mask(d2, r2, n2.value)
+	for _, r := range ig {
+		if r[1] <= uint64(len(d1)) {
+			clear(d1[r[0]:r[1]])
+			clear(d2[r[0]:r[1]])
+		}
+	}
+	if !bytes.Equal(d1, d2) || len(r1) != len(r2) {
+		return false
+	}
+	key := [2]pieceKey{{t1, n1.value}, {t2, n2.value}}
+	if c.visiting[key] {
+		return true
+	}
+	c.visiting[key] = true
+	defer delete(c.visiting, key)
+	for i := range r1 {
+		if r1[i].off-n1.value != r2[i].off-n2.value || r1[i].typ != r2[i].typ || !c.sameRef(t1, r1[i], t2, r2[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // samePiece compares anonymous or per-site pieces, guarding against cycles.
@@ -354,11 +471,15 @@ func perSite(s *symbol) bool {
 	return false
 }
 
-// pieceName is a section name without gcc's per-function part: string
-// sections are .rodata.<function>.str1.1 with -fdata-sections.
+// pieceName is a section name without gcc's per-function part (string
+// sections are .rodata.<function>.str1.1 with -fdata-sections) or the
+// number of a local static it is named after (.rodata.offsets.67).
 func pieceName(name string) string {
 	if i := strings.Index(name, ".str"); i >= 0 && strings.HasPrefix(name, ".rodata") {
 		return ".rodata" + name[i:]
+	}
+	if m := numbered.FindStringSubmatch(name); m != nil {
+		return m[1]
 	}
 	return name
 }

@@ -28,7 +28,8 @@ func compile(t *testing.T, name, src string) *object {
 	}
 	obj := filepath.Join(dir, name+".o")
 	cmd := exec.Command("gcc", "-O2", "-g", "-c", "-ffunction-sections", "-fdata-sections", "-mcmodel=kernel",
-		"-fno-pic", "-mno-red-zone", "-fno-asynchronous-unwind-tables", "-fno-stack-protector", "-o", obj, c)
+		"-fno-pic", "-mno-red-zone", "-fno-asynchronous-unwind-tables", "-fno-stack-protector",
+		"-pg", "-mfentry", "-mrecord-mcount", "-o", obj, c)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("gcc: %v\n%s", err, out)
 	}
@@ -212,5 +213,68 @@ int other(int i) { return i; }`
 	}
 	if slices.Contains(got, "changed: other") {
 		t.Errorf("changes = %q: other does not use it", got)
+	}
+}
+
+// __stringify(__LINE__) in a string (fortify's messages) moved by the diff
+// is no change either.
+func TestCompareLineNumbersInStrings(t *testing.T) {
+	before := common + `#define S2(x) #x
+#define S(x) S2(x)
+int warn(int x) { if (x) report("failed at line " S(__LINE__) " of t.c", 0); return x; }
+`
+	after := common + `#define S2(x) #x
+#define S(x) S2(x)
+
+int warn(int x) { if (x) report("failed at line " S(__LINE__) " of t.c", 0); return x; }
+`
+	a, err := analyzeSources(t, before, after)
+	if err == nil && len(a.changes) != 0 {
+		t.Errorf("changes = %q: only a line number in a string moved", changes(a))
+	} else if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A changed function's local static keeps its identity (the kernel's) even
+// when the function's relocations no longer pair up with the original's.
+func TestCompareLocalOfChangedFunction(t *testing.T) {
+	before := common + `int tick(int x) { static int calls; calls++; return x + calls; }`
+	after := common + `int tick(int x) { static int calls; if (x < 0) report("neg", x); calls++; return x + calls + level; }`
+	a, err := analyzeSources(t, before, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := changes(a), []string{"changed: tick"}; !slices.Equal(got, want) {
+		t.Errorf("changes = %q, want %q (calls is the kernel's, not new)", got, want)
+	}
+}
+
+// A changed function without an ftrace entry cannot be redirected: its
+// callers are replaced, calling the patch's copy of it.
+func TestCompareNotraceCallee(t *testing.T) {
+	before := common + `
+static __attribute__((noinline, no_instrument_function)) int helper(int x) { return x * 7 + level; }
+int caller_a(int x) { return helper(x) + 1; }
+int caller_b(int x) { return helper(x + 2); }
+int other(int x) { return x; }
+`
+	after := strings.Replace(before, "x * 7 + level", "x * 7 - level", 1)
+	a, err := analyzeSources(t, before, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"changed: caller_a (calls helper, which has no ftrace entry)",
+		"changed: caller_b (calls helper, which has no ftrace entry)",
+		"new: helper (changed, but has no ftrace entry to redirect (notrace or inline): carried for its callers)",
+	}
+	if got := changes(a); !slices.Equal(got, want) {
+		t.Errorf("changes = %q, want %q", got, want)
+	}
+	// Global, it may have callers elsewhere: refused.
+	g := strings.ReplaceAll(before, "static __attribute__", "__attribute__")
+	if _, err := analyzeSources(t, g, strings.Replace(g, "x * 7 + level", "x * 7 - level", 1)); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "helper changed, has no ftrace entry") {
+		t.Errorf("a global notrace function: err = %v, want a refusal naming it", err)
 	}
 }

@@ -233,10 +233,11 @@ func (o *object) target(s *section, r reloc) (*section, uint64, bool) {
 	return r.sym.sec, uint64(off), true
 }
 
-// symbolAt is the FUNC or OBJECT symbol of sec that holds off (a sized
-// symbol containing it, else one starting there), or nil.
+// symbolAt is the FUNC or OBJECT symbol of sec that holds off: a sized
+// symbol containing it, else one starting there, else one ending there (a
+// pointer one past an array, `offsets + ARRAY_SIZE(offsets)`); or nil.
 func (o *object) symbolAt(sec *section, off uint64) *symbol {
-	var at *symbol
+	var at, end *symbol
 	for _, s := range o.bySec[sec] {
 		if off >= s.value && off < s.value+s.size {
 			return s
@@ -244,8 +245,14 @@ func (o *object) symbolAt(sec *section, off uint64) *symbol {
 		if s.value == off && at == nil {
 			at = s
 		}
+		if s.size > 0 && s.value+s.size == off && end == nil {
+			end = s
+		}
 	}
-	return at
+	if at != nil {
+		return at
+	}
+	return end
 }
 
 // piece is the extent of an anonymous target at off in sec: the string

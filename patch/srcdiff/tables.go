@@ -3,6 +3,8 @@ package srcdiff
 import (
 	"fmt"
 
+	"github.com/cilium/ebpf/btf"
+
 	"github.com/lucos/lucos/kimage"
 )
 
@@ -86,6 +88,24 @@ func tables(img *kimage.Image) (map[string]*table, error) {
 		m[x.name] = x
 	}
 	return m, nil
+}
+
+// siteIgnore are the byte ranges of per-site data that hold a line
+// number, by section: a pr_debug descriptor's lineno (struct _ddebug, a
+// bitfield: its 32-bit word). A diff that only moves a pr_debug changes
+// nothing else of it.
+func siteIgnore(img *kimage.Image) map[string][][2]uint64 {
+	var s *btf.Struct
+	if img.BTF == nil || img.BTF.TypeByName("_ddebug", &s) != nil {
+		return nil
+	}
+	for _, m := range s.Members {
+		if m.Name == "lineno" {
+			w := uint64(m.Offset) / 32 * 4
+			return map[string][][2]uint64{"__dyndbg": {{w, w + 4}}}
+		}
+	}
+	return nil
 }
 
 // entry is one entry of a table: its offset in the section and the place

@@ -257,3 +257,31 @@ struct bar_v2 bar_new;
 		t.Errorf("a static new variable: %v", err)
 	}
 }
+
+func TestLeftOut(t *testing.T) {
+	root := t.TempDir()
+	write := func(p, s string) {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+		os.WriteFile(filepath.Join(root, p), []byte(s), 0o644)
+	}
+	write("drivers/Makefile", "obj-$(CONFIG_USB_SUPPORT)\t+= usb/\nobj-y += base/\n")
+	write("drivers/usb/Makefile", "obj-$(CONFIG_USB) += core/\n")
+	write("drivers/usb/core/Makefile", "usbcore-y := usb.o hub.o \\\n\tmessage.o\nusbcore-$(CONFIG_OF) += of.o\nobj-$(CONFIG_USB) += usbcore.o\n")
+	write("drivers/base/Makefile", "obj-y := core.o\nobj-$(CONFIG_DEVTMPFS) += devtmpfs.o\n")
+	cfg := kconfig{"CONFIG_DEVTMPFS": "y"}
+	for path, want := range map[string]string{
+		"drivers/usb/core/message.c": "CONFIG_USB",
+		"drivers/usb/core/of.c":      "CONFIG_OF",
+		"drivers/base/core.c":        "",
+		"drivers/base/devtmpfs.c":    "",
+		"drivers/base/unknown.c":     "",
+	} {
+		if got := leftOut(root, cfg, path); got != want {
+			t.Errorf("leftOut(%s) = %q, want %q", path, got, want)
+		}
+	}
+	cfg["CONFIG_USB"] = "m"
+	if got := leftOut(root, cfg, "drivers/usb/core/usb.c"); got != "CONFIG_USB_SUPPORT" {
+		t.Errorf("with CONFIG_USB=m but no USB support: %q", got)
+	}
+}
