@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -37,6 +38,7 @@ func TestKpatchSuite(t *testing.T) {
 	}
 	type built struct {
 		name, loaded string
+		modules      []string // the patch is for them: loaded first (lucos does not defer)
 		ko           []byte
 	}
 	var cases []built
@@ -56,6 +58,11 @@ func TestKpatchSuite(t *testing.T) {
 			continue
 		}
 		c := built{name: name, ko: ko}
+		for _, ch := range res.Changes {
+			if ch.Object != "vmlinux" && !slices.Contains(c.modules, ch.Object) {
+				c.modules = append(c.modules, ch.Object)
+			}
+		}
 		if b, err := os.ReadFile(filepath.Join("kpatch", name+"-LOADED.test")); err == nil {
 			c.loaded = string(b)
 		}
@@ -65,10 +72,16 @@ func TestKpatchSuite(t *testing.T) {
 	loaded := func(t *testing.T, c built) bool {
 		t.Helper()
 		res := testvm.Exec(t, r.m, "sh", "-c", c.loaded)
+		t.Logf("%s-LOADED.test: status %d%s", c.name, res.Status, strings.TrimRight("\n"+string(res.Stdout)+string(res.Stderr), "\n"))
 		return res.Status == 0
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			for _, mod := range c.modules {
+				if res := testvm.Exec(t, r.m, "modprobe", mod); res.Status != 0 {
+					t.Fatalf("modprobe %s: %s%s", mod, res.Stdout, res.Stderr)
+				}
+			}
 			if c.loaded != "" && loaded(t, c) {
 				t.Fatalf("%s-LOADED.test passes before the patch", c.name)
 			}

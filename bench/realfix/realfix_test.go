@@ -3,6 +3,7 @@ package realfix_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -48,6 +49,7 @@ func TestLoadCorpus(t *testing.T) {
 // rig is a 6.1.0-54 guest with lucos-fixcheck and a patch engine.
 type rig struct {
 	m *vmm.Machine
+	k *introspect.Kernel
 	e *patch.Engine
 }
 
@@ -80,7 +82,7 @@ func boot(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.Close)
-	return &rig{m: m, e: e}
+	return &rig{m: m, k: k, e: e}
 }
 
 // build builds a corpus fix for the 6.1.0-54 guest (fetching and preparing
@@ -144,7 +146,11 @@ func (r *rig) settle(t *testing.T, p *patch.Patch, op string, err error) {
 		want = patch.StateRolledBack
 	}
 	if in := p.Info(); in.State != want {
-		t.Fatalf("after %s the patch is %s, held by %+v (last check error: %s)", op, in.State, in.HeldBy, in.CheckError)
+		var held []string
+		for _, h := range in.HeldBy {
+			held = append(held, fmt.Sprintf("pid %d (%s) %s %s", h.PID, h.Comm, h.Kind, r.k.FormatAddr(h.Value)))
+		}
+		t.Fatalf("after %s the patch is %s, held by %s (last check error: %s)", op, in.State, strings.Join(held, ", "), in.CheckError)
 	}
 }
 
