@@ -161,7 +161,7 @@ func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
 		id: strconv.Itoa(e.nextID), name: mod.Name, description: mod.Description, buildID: mod.BuildID,
 		release: mod.Release, funcs: funcs, slot: s, text: text, state: StateLoading,
 		history: []Event{{State: StateLoading, At: time.Now()}}, done: make(chan struct{}),
-		rt: img.Runtime, data: dataItems(img), callbacks: img.Callbacks,
+		rt: img.Runtime, shell: img.Shell, data: dataItems(img), callbacks: img.Callbacks,
 		threadSeen: map[uint64]bool{}, callbackRuns: map[string]int{},
 		hooks: hooks, k: e.k,
 	}
@@ -184,6 +184,11 @@ func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
 	}
 	if err != nil {
 		return nil, e.abort(ctx, p, fmt.Errorf("apply %s: load into slot %d: %w", p.name, s.index, err))
+	}
+	// The module shell before anything runs patch code: a fault in it
+	// must find the patch's exception table.
+	if err := e.registerShell(ctx, p); err != nil {
+		return nil, e.abort(ctx, p, fmt.Errorf("apply %s: %w", p.name, err))
 	}
 	if err := e.startup(ctx, p); err != nil {
 		return nil, e.abort(ctx, p, fmt.Errorf("apply %s: %w", p.name, err))
@@ -268,24 +273,49 @@ func (e *Engine) terminate(p *Patch, switchAt time.Time) {
 	p.done = make(chan struct{})
 }
 
-// abort undoes a failed apply: the slot is unmapped and freed, and p is
-// marked failed with err. A guest call of p's that timed out may still run
-// in the slot: then the slot stays mapped, and taken, until it returns.
+// abort undoes a failed apply: the module shell is unregistered, and the
+// slot unmapped and freed once no thread is in patch code (the shell's
+// kworker returns through it); p is marked failed with err. A guest call
+// or shell operation of p's that did not finish may still run in the
+// slot: then the slot stays mapped, and taken.
 // Precondition: e.mu is held.
 func (e *Engine) abort(ctx context.Context, p *Patch, err error) error {
-	freed := true
-	_, uerr := e.m.WithPaused(context.WithoutCancel(ctx), func(g *gdbstub.Client) (err error) {
-		freed, err = e.unload(g, p)
-		return err
-	})
+	ctx = context.WithoutCancel(ctx)
+	var notes []string
+	keep := p.shellStuck
+	if serr := e.unregisterShell(ctx, p); serr != nil {
+		notes = append(notes, serr.Error())
+		keep = true
+	}
+	if !keep && p.shellTouched {
+		if werr := e.waitClear(e.ctx, p, p.text); werr != nil {
+			notes = append(notes, "waiting for patch code to be left: "+werr.Error())
+			keep = true
+		}
+	}
+	freed := false
+	if !keep {
+		var uerr error
+		_, uerr = e.m.WithPaused(ctx, func(g *gdbstub.Client) (err error) {
+			freed, err = e.unload(g, p)
+			return err
+		})
+		switch {
+		case uerr != nil:
+			notes = append(notes, "unmapping its slot failed too: "+uerr.Error())
+			freed = false
+		case !freed:
+			notes = append(notes, "its slot stays mapped until the guest call returns")
+		}
+	} else {
+		notes = append(notes, "its slot stays mapped")
+	}
 	p.mu.Lock()
 	note := err.Error()
-	if uerr != nil {
-		note += "; unmapping its slot failed too: " + uerr.Error()
+	for _, n := range notes {
+		note += "; " + n
 	}
-	if !freed {
-		note += "; its slot stays mapped until the guest call returns"
-	}
+	p.holders = nil
 	p.setState(StateFailed, note)
 	p.mu.Unlock()
 	if freed {

@@ -130,7 +130,7 @@ func TestRefusals(t *testing.T) {
 		{"other release", func(*testing.T) []byte { return otherRelease }, "", "built for"},
 		{"unknown symbol", func(t *testing.T) []byte { return buildPatch(t, "examples/patches/bad/bad-unknown-symbol") }, "", "lucos_no_such_symbol"},
 		{"ambiguous static", func(t *testing.T) []byte { return buildPatch(t, "examples/patches/bad/bad-ambiguous") }, "", "sympos"},
-		{"__ex_table", func(t *testing.T) []byte { return buildPatch(t, "examples/patches/bad/bad-ex-table") }, "", "__ex_table"},
+		{"__param", func(t *testing.T) []byte { return buildPatch(t, "examples/patches/bad/bad-param") }, "", "__param"},
 		{"not a function start", func(t *testing.T) []byte { return buildPatch(t, "examples/patches/bad/bad-not-function") }, "", "not"},
 		{"traced by ftrace", func(*testing.T) []byte { return good },
 			"mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; echo cmdline_proc_show > /sys/kernel/tracing/set_ftrace_filter && echo function > /sys/kernel/tracing/current_tracer",

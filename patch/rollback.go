@@ -9,8 +9,9 @@ import (
 )
 
 // Rollback undoes patch id: in one pause the old functions' entries get
-// their original bytes back; once no thread runs patch code any more, the
-// slot is unmapped and freed. Patches form a stack: the newest can always
+// their original bytes back; once no thread runs patch code any more, its
+// module shell leaves the guest's modules and the slot is unmapped and
+// freed. Patches form a stack: the newest can always
 // be rolled back, an older one only if no later live patch redirects one of
 // its functions.
 func (e *Engine) Rollback(ctx context.Context, id string, o Options) (*Patch, error) {
@@ -68,31 +69,46 @@ func (e *Engine) rollback(ctx context.Context, id string) (*Patch, error) {
 	return p, nil
 }
 
-// release waits until no thread runs patch code, then unmaps the slot.
+// release waits until no thread runs patch code, runs the cleanup
+// callbacks, unregisters the module shell, waits again (the shell's
+// kworker returns through patch code), then unmaps the slot.
 func (e *Engine) release(p *Patch, switchAt time.Time) {
 	if err := e.waitClear(e.ctx, p, p.text); err != nil {
 		e.log.Warn("rollback: stack check stopped; slot stays mapped", "id", p.id, "err", err)
 		return
 	}
 	var cerr error
-	freed := false
-	_, err := e.m.WithPaused(e.ctx, func(g *gdbstub.Client) (err error) {
+	_, err := e.m.WithPaused(e.ctx, func(g *gdbstub.Client) error {
 		if err := e.traps.dropWatches(g, p); err != nil {
 			return err
 		}
 		// A cleanup that fails is reported, but the patch goes anyway.
 		cerr = e.cleanup(e.ctx, g, p)
 		p.saveHookRuns()
-		freed, err = e.unload(g, p)
-		return err
+		return nil
 	})
+	what := "drop watches"
+	if err == nil {
+		what, err = "module shell", e.unregisterShell(e.ctx, p)
+	}
+	if err == nil && p.shellTouched {
+		what, err = "stack check after unregistering the module shell", e.waitClear(e.ctx, p, p.text)
+	}
+	freed := false
+	if err == nil {
+		what = "unmap slot"
+		_, err = e.m.WithPaused(e.ctx, func(g *gdbstub.Client) (err error) {
+			freed, err = e.unload(g, p)
+			return err
+		})
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
 	case err != nil:
-		p.setState(StateFailed, "unmap slot: "+err.Error())
+		p.setState(StateFailed, what+": "+err.Error())
 	case cerr != nil:
 		p.trapErr = cerr.Error()
 		p.setState(StateFailed, "rolled back, but "+cerr.Error())

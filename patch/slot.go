@@ -43,6 +43,12 @@ type window struct {
 	global   uint64 // the kernel text mapping's global bit (PTI clears it)
 }
 
+// holds reports whether va is in one of the window's slots, where only
+// lucos maps anything.
+func (w *window) holds(va uint64) bool {
+	return va >= w.tableVA+uint64(w.firstIdx)*layout.SlotSize && va < w.tableVA+512*layout.SlotSize
+}
+
 // findWindow locates the PMD table that maps the kernel image and the first
 // 2 MiB entry past _end.
 func findWindow(k *introspect.Kernel) (*window, error) {

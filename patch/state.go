@@ -77,7 +77,16 @@ type Patch struct {
 	done        chan struct{} // closed when a transition settles; replaced per transition
 
 	// Data updates and callbacks (data.go).
-	rt           loader.Runtime // the patch runtime's entry points
+	rt loader.Runtime // the patch runtime's entry points
+	// The module shell (shell.go), nil without the runtime. shellUp (under
+	// mu) is true while it is registered in the guest. shellTouched and
+	// shellStuck belong to the transition that owns the patch: a shell
+	// operation ran (its kworker returns through patch code: wait before
+	// unmapping), and one never finished (the slot must stay).
+	shell        *loader.Shell
+	shellUp      bool
+	shellTouched bool
+	shellStuck   bool
 	data         []*dataItem
 	callbacks    []loader.Callback
 	threadSeen   map[uint64]bool    // tasks the thread callbacks have run for
@@ -139,14 +148,17 @@ func (p *Patch) noteTrapError(err error) {
 
 // Info is a patch as the API and CLI show it.
 type Info struct {
-	ID          string              `json:"id"`
-	Name        string              `json:"name"`
-	Description string              `json:"description,omitempty"`
-	BuildID     string              `json:"build_id"`
-	Release     string              `json:"kernel_release"`
-	State       State               `json:"state"`
-	Funcs       []Func              `json:"funcs"`
-	SlotBase    string              `json:"slot_va"`
+	ID          string `json:"id"`
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	BuildID     string `json:"build_id"`
+	Release     string `json:"kernel_release"`
+	State       State  `json:"state"`
+	Funcs       []Func `json:"funcs"`
+	SlotBase    string `json:"slot_va"`
+	// Module is the patch's module shell in the guest (lsmod,
+	// /proc/kallsyms), while it is registered.
+	Module      string              `json:"module,omitempty"`
 	LoadPauseUS float64             `json:"load_pause_us"`
 	PauseUS     float64             `json:"pause_us"`
 	CommitMS    float64             `json:"commit_ms"`
@@ -199,6 +211,9 @@ func (p *Patch) Info() Info {
 		}
 	}
 	in.Watching = p.watching
+	if p.shellUp {
+		in.Module = p.shell.Name
+	}
 	if p.slot != nil {
 		in.SlotBase = fmt.Sprintf("%#x", p.slot.va)
 	}

@@ -13,9 +13,14 @@ import (
 // then those of the modules loaded in the guest (read live, since modules
 // come and go), so a patch can replace a module's function or watch its
 // data. A name the kernel defines is never looked up in modules.
+//
+// The module shells of live patches (shell.go) are in the guest's module
+// list too, but their symbols are another patch's code: they are no
+// target, and only their names count (a new shell's must differ).
 type target struct {
 	*introspect.Kernel
-	mods []introspect.Module
+	mods  []introspect.Module // the guest's modules, the patches' shells left out
+	names []string            // the names of every module, shells included
 }
 
 // newTarget reads the guest's module list.
@@ -24,8 +29,19 @@ func (e *Engine) newTarget() (*target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the guest's modules: %w", err)
 	}
-	return &target{Kernel: e.k, mods: mods}, nil
+	t := &target{Kernel: e.k}
+	for _, m := range mods {
+		t.names = append(t.names, m.Name)
+		if !e.win.holds(m.Base) {
+			t.mods = append(t.mods, m)
+		}
+	}
+	return t, nil
 }
+
+// ModuleNames names every module loaded in the guest (the loader picks a
+// shell name none has).
+func (t *target) ModuleNames() []string { return t.names }
 
 // Symbol returns a symbol by name and sympos (0: must be unique) with its
 // runtime address. Among modules, sympos counts definitions in module-list

@@ -175,4 +175,3 @@ func demo(ctx context.Context, opts launch.Options) error {
 	fmt.Printf("    done in %.0f s. Next: lucos run --help, lucos patch --help, docs/PATCH-FORMAT.md\n", time.Since(start).Seconds())
 	return nil
 }
-

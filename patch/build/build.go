@@ -1,12 +1,14 @@
 package build
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"debug/elf"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -129,7 +131,11 @@ func Build(ctx context.Context, dir string, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("patch build %s: the module is not loadable: %w", dir, err)
 	}
-	unexported, err := patchOnly(kb.unexported, kb.tmp, srcs, objects)
+	exported, err := readSymvers(filepath.Join(kb.img.BuildDir, "Module.symvers"))
+	if err != nil {
+		return nil, fmt.Errorf("patch build %s: %w", dir, err)
+	}
+	unexported, err := patchOnly(exported, filepath.Join(kb.tmp, mod+".ko"), kb.tmp, srcs, objects)
 	if err != nil {
 		return nil, fmt.Errorf("patch build %s: %w", dir, err)
 	}
@@ -282,10 +288,16 @@ func patchKbuild(mod string, srcs []string, objects ...string) (string, error) {
 	return b.String(), nil
 }
 
-// patchOnly keeps the unexported symbols that the patch's own objects in
-// dir (built from srcs, or prebuilt) reference: those only the runtime uses
-// (ct_irq_enter_irqson...) are lucos's business, not the author's.
-func patchOnly(unexported []string, dir string, srcs, prebuilt []string) ([]string, error) {
+// patchOnly returns the symbols the patch's own objects (its sources' and
+// the prebuilt ones, not the runtime's) use that the module ko leaves
+// undefined and vmlinux does not export: lucos resolves them from kallsyms
+// when it applies the patch. (modpost's "undefined!" warnings cannot tell:
+// it stops listing them after ten.)
+func patchOnly(exported map[string]bool, ko, dir string, srcs, prebuilt []string) ([]string, error) {
+	undef, err := undefinedIn(ko)
+	if err != nil {
+		return nil, err
+	}
 	used := map[string]bool{}
 	objs := slices.Clone(prebuilt)
 	for _, s := range srcs {
@@ -305,16 +317,53 @@ func patchOnly(unexported []string, dir string, srcs, prebuilt []string) ([]stri
 			return nil, fmt.Errorf("%s.o: %w", stem, err)
 		}
 		for _, sym := range syms {
-			if sym.Section == elf.SHN_UNDEF {
+			if sym.Section == elf.SHN_UNDEF && undef[sym.Name] && !exported[sym.Name] {
 				used[sym.Name] = true
 			}
 		}
 	}
-	var out []string
-	for _, name := range unexported {
-		if used[name] {
-			out = append(out, name)
+	out := slices.Collect(maps.Keys(used))
+	slices.Sort(out)
+	return out, nil
+}
+
+// undefinedIn returns the named undefined symbols of an ELF object.
+func undefinedIn(path string) (map[string]bool, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	syms, err := f.Symbols()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Base(path), err)
+	}
+	out := map[string]bool{}
+	for _, sym := range syms {
+		if sym.Section == elf.SHN_UNDEF && sym.Name != "" {
+			out[sym.Name] = true
 		}
+	}
+	return out, nil
+}
+
+// readSymvers returns the symbols a Module.symvers exports.
+func readSymvers(path string) (map[string]bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	out := make(map[string]bool)
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// crc, symbol, module, export type, namespace
+		if fields := strings.Split(sc.Text(), "\t"); len(fields) >= 2 {
+			out[fields[1]] = true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return out, nil
 }

@@ -1,7 +1,6 @@
 package build
 
 import (
-	"bufio"
 	"context"
 	"debug/elf"
 	"os"
@@ -53,7 +52,7 @@ var examples = []example{
 		present: []string{".smp_locks"}, // the lock prefix of atomic_long_inc_return
 	},
 	{dir: "hot-paths", funcs: hotPaths, uses: origs(hotPaths)},
-	{dir: "bad/bad-ex-table", funcs: []string{"__x64_sys_time"}, present: []string{"__ex_table", ".altinstructions"}, bad: "ex-table"},
+	{dir: "bad/bad-param", funcs: []string{"cmdline_proc_show"}, present: []string{"__param"}, bad: "param"},
 	{dir: "bad/bad-unknown-symbol", funcs: []string{"cmdline_proc_show"}, uses: []string{"lucos_no_such_symbol"}, bad: "unknown"},
 	{dir: "bad/bad-ambiguous", funcs: []string{"cmdline_proc_show"}, uses: []string{"name_show"}, bad: "ambiguous"},
 	{dir: "bad/bad-not-function", funcs: []string{"linux_proc_banner"}, bad: "not-function"},
@@ -223,11 +222,11 @@ func checkKernelSymbols(t *testing.T, ex example, m *Module, undef []string, sym
 
 // The build warns about what lucos will refuse.
 func TestExampleWarnings(t *testing.T) {
-	res, _ := buildExample(t, "examples/patches/bad/bad-ex-table")
+	res, _ := buildExample(t, "examples/patches/bad/bad-param")
 	if !slices.ContainsFunc(res.Warnings, func(w string) bool {
-		return strings.HasPrefix(w, "lucos patch apply will refuse this patch: ") && strings.Contains(w, "__ex_table")
+		return strings.HasPrefix(w, "lucos patch apply will refuse this patch: ") && strings.Contains(w, "__param")
 	}) {
-		t.Errorf("warnings %q do not mention __ex_table", res.Warnings)
+		t.Errorf("warnings %q do not mention __param", res.Warnings)
 	}
 	for _, dir := range []string{"cmdline-string", "meminfo-string", "uname", "static-call", "multi", "new-data", "hot-paths"} {
 		res, _ := buildExample(t, "examples/patches/"+dir)
@@ -261,7 +260,10 @@ func TestKLPExample(t *testing.T) {
 	if v, _ := o.modinfo("vermagic"); !strings.HasPrefix(v, img.Release+" ") {
 		t.Errorf("vermagic %q", v)
 	}
-	exported := moduleSymvers(t, filepath.Join(img.BuildDir, "Module.symvers"))
+	exported, err := readSymvers(filepath.Join(img.BuildDir, "Module.symvers"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, u := range undefinedSymbols(t, ko) {
 		if !exported[u] {
 			t.Errorf("%s is not exported: insmod would fail", u)
@@ -281,28 +283,6 @@ func openObject(t *testing.T, path string) *object {
 		t.Fatal(err)
 	}
 	return o
-}
-
-// moduleSymvers returns the symbols a Module.symvers exports.
-func moduleSymvers(t *testing.T, path string) map[string]bool {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	out := make(map[string]bool)
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// crc, symbol, module, export type, namespace
-		if fields := strings.Split(sc.Text(), "\t"); len(fields) >= 2 {
-			out[fields[1]] = true
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // The livepatch module does in the guest what cmdline-string does from the

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -29,10 +28,9 @@ type kbuild struct {
 	cflags     []string
 	progress   progress
 
-	img        *guest.Image
-	tmp        string
-	warnings   []string
-	unexported []string
+	img      *guest.Image
+	tmp      string
+	warnings []string
 }
 
 // run builds the modules of the copy and collects warnings; on success
@@ -206,7 +204,7 @@ var (
 
 // diagnose picks out of kbuild's stderr what a patch author needs: the
 // compiler's diagnostics with their context and source excerpts, modpost's
-// and the linker's errors. It records warnings and unexported symbols on kb
+// and the linker's errors. It records warnings on kb
 // and returns the diagnostics and the relevant lines.
 func (kb *kbuild) diagnose(stderr string) ([]Diagnostic, []string) {
 	var diags []Diagnostic
@@ -231,11 +229,7 @@ func (kb *kbuild) diagnose(stderr string) ([]Diagnostic, []string) {
 			text = append(text, line)
 			continue
 		}
-		if m := modpostUndef.FindStringSubmatch(line); m != nil {
-			kb.unexported = append(kb.unexported, m[1])
-			continue
-		}
-		if modpostMoreUndef.MatchString(line) {
+		if modpostUndef.MatchString(line) || modpostMoreUndef.MatchString(line) {
 			continue // unresolved symbols are lucos's to resolve, not a warning
 		}
 		switch {
@@ -251,8 +245,6 @@ func (kb *kbuild) diagnose(stderr string) ([]Diagnostic, []string) {
 			text = append(text, line)
 		}
 	}
-	slices.Sort(kb.unexported)
-	kb.unexported = slices.Compact(kb.unexported)
 	return diags, text
 }
 

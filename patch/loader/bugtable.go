@@ -12,16 +12,19 @@ const bugFlagWarning = 1 << 0
 
 var ud2 = []byte{0x0f, 0x0b}
 
-// applyBugTable turns each WARN site (a ud2 the kernel's report_bug() would
-// recognise from its bug table) into a 2-byte NOP. lucos registers no bug
-// table for patch code, so the kernel would treat the ud2 as an invalid
-// opcode and Oops, where a WARN only prints and continues; without it the
-// code continues silently, which is what a WARN does after printing. BUG
-// sites keep their ud2: they Oops, as BUG() does (reported as an invalid
-// opcode rather than "kernel BUG at"). Image.Warnings lists the silenced
-// sites so users are told.
+// applyBugTable checks each bug table entry (a ud2 in the patch's code
+// that report_bug() recognises from the table). With the module shell the
+// table is registered with the kernel: WARN sites print and continue, BUG
+// sites are a kernel BUG, as in a module; the entries of code lucos does
+// not load are dropped. Without it (a patch without the lucos runtime) the
+// kernel knows no bug table for patch code and would treat a WARN's ud2 as
+// an invalid opcode and Oops, where a WARN only prints and continues: each
+// WARN site becomes a 2-byte NOP, and the code continues silently, which
+// is what a WARN does after printing; Image.Warnings lists them so users
+// are told. BUG sites keep their ud2: they Oops, as BUG() does (reported as
+// an invalid opcode rather than "kernel BUG at").
 func (l *linker) applyBugTable() error {
-	s, base, b := l.consumed("__bug_table")
+	s, base, b := l.table("__bug_table")
 	if s == nil {
 		return nil
 	}
@@ -47,6 +50,7 @@ func (l *linker) applyBugTable() error {
 	if uint64(len(b))%size != 0 {
 		return formatErr(s.name, 0, "size %d is not a multiple of sizeof(struct bug_entry) = %d", len(b), size)
 	}
+	shell := l.m.shell != nil
 	for off := uint64(0); off < uint64(len(b)); off += size {
 		if l.droppedEntry(s, off, size) {
 			continue
@@ -57,7 +61,7 @@ func (l *linker) applyBugTable() error {
 		if !ok || !bytes.Equal(site, ud2) {
 			return formatErr(s.name, off, "bug site %#x is not a ud2 in the patch's code", addr)
 		}
-		if binary.LittleEndian.Uint16(e[flagsOff:])&bugFlagWarning == 0 {
+		if shell || binary.LittleEndian.Uint16(e[flagsOff:])&bugFlagWarning == 0 {
 			continue
 		}
 		copy(site, x86NOPs[2])
@@ -69,13 +73,25 @@ func (l *linker) applyBugTable() error {
 		}
 		l.warnings = append(l.warnings, w)
 	}
+	if !shell || s.treat != Register {
+		return nil
+	}
+	t := relTable{addr: base, size: size, rel: []uint64{addrOff}}
+	if verbose {
+		t.rel = append(t.rel, fileOff)
+	}
+	n, err := compactTable(b, t, func(i int) bool { return !l.droppedEntry(s, uint64(i)*size, size) })
+	if err != nil {
+		return formatErr(s.name, 0, "%v", err)
+	}
+	l.bugs = tableRef{addr: base, n: n}
 	return nil
 }
 
 // cString reads a NUL-terminated string from the patch's loaded data.
 func (l *linker) cString(addr uint64) string {
 	s, off, ok := l.place(addr, 0)
-	if !ok || s.treat != Load {
+	if !ok || !s.loaded() {
 		return ""
 	}
 	data := l.buf[s.idx][off:]

@@ -44,7 +44,8 @@
 //   - Fix-ups in the kernel's order: return thunks, alternatives (Linux 6.1
 //     rules, struct alt_instr from BTF, features from boot_cpu_data), fentry
 //     NOPs, static branches (jump_label_type() from each key's current
-//     count), WARN sites.
+//     count), WARN sites (NOPs only without the module shell), then the
+//     module shell's tables.
 //   - Each LUCOS_REPLACE target must be a text symbol of at least 5 bytes
 //     whose entry is the ftrace NOP 0f 1f 44 00 00; a call there means ftrace
 //     or Linux livepatch owns it, a jump into the kernel-image window means it
@@ -56,6 +57,25 @@
 //     a function. Image.Data, Image.Callbacks and Image.Runtime give the
 //     engine their runtime addresses.
 //
+// # Module shell
+//
+// Every patch built by lucos patch build carries the runtime
+// (sdk/runtime/lucos_rt.c), whose module shell is a struct module the
+// engine registers with the guest kernel (Image.Shell), so that the
+// kernel's lookups by address see patch code as a module's: its exception
+// table (a fault in an inline user access in patch code is fixed up),
+// ORC unwinding (oops traces and /proc/PID/stack go through patch frames),
+// kallsyms (/proc/kallsyms and %pS name patch functions "fn [lucos_x]"),
+// kernel_text_address and the bug table (WARN warns). Link makes what the
+// runtime's C cannot: it sorts __ex_table by instruction and the ORC
+// tables by address (rewriting their self-relative fields for each
+// entry's new place), drops the entries of code it does not load, builds
+// the kallsyms tables from the patch's symbols at their runtime
+// addresses, picks a module name no loaded module has, fills struct
+// lucos_shell, and checks the kernel type the runtime declares itself
+// (struct mod_tree_root) against the guest's BTF. A patch without the
+// runtime gets no shell, and its __ex_table is refused.
+//
 // Static branches are set once, from the key's state at link time: the
 // kernel does not know the patch's sites, so a key that changes later does
 // not reach them. Image.JumpSites lists them so the engine can re-check
@@ -66,6 +86,7 @@
 // What Link does with each SHF_ALLOC section (first match wins; a section
 // matching no row is refused, an empty one never is). load: placed and
 // written; consume: relocated and acted on while linking, never written;
+// register: loaded, sorted and handed to the kernel in the module shell;
 // metadata: read by Parse; ignore: neither written nor relocated.
 //
 //	section                     what     why
@@ -73,7 +94,7 @@
 //	.text.*                     load     code (.text.unlikely, .text.hot, per-function sections)
 //	.noinstr.text               load     code (noinstr functions)
 //	.entry.text                 load     code
-//	.sched.text                 load     code (__sched: wchan does not look inside patch code)
+//	.sched.text                 load     code (__sched: wchan does not take patch code for the scheduler's)
 //	.cpuidle.text               load     code
 //	.spinlock.text              load     code
 //	.kprobes.text               load     code
@@ -100,17 +121,18 @@
 //	.altinstructions            consume  alternatives, applied for the guest CPU's features (boot_cpu_data)
 //	__jump_table                consume  static branches, set from each key's state at link time; the sites are not registered, so later key changes do not reach them (Image.JumpSites lists them)
 //	.return_sites               consume  `jmp __x86_return_thunk` sites, re-targeted to the thunk the kernel chose (x86_return_thunk)
-//	__bug_table                 consume  WARN sites become a 2-byte NOP (an unregistered WARN would Oops; Image.Warnings lists them); BUG sites keep ud2 and Oops as BUG would
+//	__ex_table                  register exception table of inline user or unsafe memory access (unsafe_get_user, __get_kernel_nofault, *_safe MSR access): loaded RO, sorted by instruction, registered as the shell's extable, so a fault there is fixed up (-EFAULT) as in a module; needs the lucos runtime
+//	.orc_unwind_ip              register ORC unwind table: loaded RO, sorted by address with .orc_unwind, registered as the shell's ORC table, so the guest's unwinder (oops traces, /proc/PID/stack) sees through patch code
+//	.orc_unwind                 register as .orc_unwind_ip
+//	__bug_table                 register WARN and BUG sites: loaded RW (WARN_ONCE marks its entry), registered as the shell's bug table, so WARN warns and continues and BUG is a kernel BUG; without the runtime WARN sites become a 2-byte NOP (Image.Warnings)
 //	.modinfo                    metadata vermagic gives the kernel release
 //	__versions                  metadata modversions CRCs: lucos checks the release instead
 //	.note.gnu.build-id          metadata the patch's build id
 //	.note.*                     metadata ELF notes
-//	.gnu.linkonce.this_module   ignore   struct module: a lucos patch is not a module; code referencing THIS_MODULE is refused
+//	.gnu.linkonce.this_module   ignore   modpost's struct module: the runtime registers a struct module of its own, the module shell, which has no sysfs; code referencing THIS_MODULE is refused
 //	.init.*                     ignore   module_init never runs; code referencing init code or data is refused
 //	.exit.*                     ignore   module_exit never runs; code referencing exit code or data is refused
-//	.orc_unwind                 ignore   ORC unwind data is not registered: the guest's own unwinder cannot see through patch code (lucos scans stacks itself)
-//	.orc_unwind_ip              ignore   as .orc_unwind
-//	.orc_header                 ignore   as .orc_unwind
+//	.orc_header                 ignore   ORC format header (Linux 6.4 and later)
 //	.static_call_sites          ignore   static_call() sites keep calling the trampoline, which the kernel keeps current
 //	.retpoline_sites            ignore   calls through __x86_indirect_thunk_* stay; the thunks carry the kernel's chosen mitigation
 //	.smp_locks                  ignore   lock prefixes stay: always correct, only a UP kernel would strip them
@@ -121,7 +143,6 @@
 //	_kprobe_blacklist           ignore   kprobes cannot be placed in patch code anyway
 //	_error_injection_whitelist  ignore   error injection is not registered for patch code
 //	.discard*                   ignore   discarded by the kernel's linker scripts too
-//	__ex_table                  refuse   exception table: inline user/unsafe memory access (unsafe_get_user, __get_kernel_nofault, *_safe MSR access) in patch code; lucos registers no exception table, so a fault there would Oops; call an out-of-line kernel helper (copy_from_user, get_user) instead
 //	__param                     refuse   module parameters cannot be set: lucos never insmods the patch
 //	__tracepoints               refuse   tracepoints defined in a patch would need registration; using the kernel's is fine
 //	__tracepoints_ptrs          refuse   as __tracepoints

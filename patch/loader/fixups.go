@@ -15,6 +15,16 @@ func (l *linker) consumed(name string) (*section, uint64, []byte) {
 	return s, l.addr[s.idx], l.buf[s.idx]
 }
 
+// table returns the placed table of that name — consumed, or registered
+// with the module shell — with its address and linked bytes, or nil.
+func (l *linker) table(name string) (*section, uint64, []byte) {
+	s := l.m.section(name)
+	if s == nil || !(s.treat == Consume || s.treat == Register) || s.size == 0 {
+		return nil, 0, nil
+	}
+	return s, l.addr[s.idx], l.buf[s.idx]
+}
+
 // droppedEntry reports whether the entry [off, off+size) of consumed
 // section s describes code lucos does not load (see linker.dropped).
 func (l *linker) droppedEntry(s *section, off, size uint64) bool {

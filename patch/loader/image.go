@@ -102,8 +102,9 @@ type JumpSite struct {
 	Jump      bool   // the site was set to jump (enabled XOR branch)
 }
 
-// Warning is a WARN site in patch code that lucos turned into a NOP: with
-// no bug table registered for patch code the kernel would Oops on it.
+// Warning is a WARN site in patch code that lucos turned into a NOP: a
+// patch without the module shell has no bug table the kernel knows, and
+// the kernel would Oops on it.
 type Warning struct {
 	Addr uint64
 	File string
@@ -146,6 +147,10 @@ type Image struct {
 	Data      []Data     // data updates, in Module.Data order
 	Callbacks []Callback // callbacks, in Module.Callbacks order (declaration order)
 	Runtime   Runtime
+	// Shell is the patch's module shell, nil for a patch without the
+	// runtime: the engine registers it with the guest kernel before
+	// anything can run patch code and unregisters it before the slot goes.
+	Shell *Shell
 
 	JumpSites []JumpSite
 	Warnings  []Warning

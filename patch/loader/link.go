@@ -74,6 +74,7 @@ func (m *Module) Link(t Target, base, size uint64) (*Image, error) {
 		l.linkData,
 		l.linkCallbacks,
 		l.linkRuntime,
+		l.linkShell,
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
@@ -97,24 +98,46 @@ type linker struct {
 	// entries holding them describe that code and are skipped.
 	dropped map[int][]uint64
 
+	// classEnd is where each permission class ends, page aligned.
+	classEnd [RW + 1]uint64
+	// extra are the tables lucos makes itself (the shell's kallsyms), placed
+	// in the slot after the sections of their class.
+	extra []extraBlob
+	// kallsyms are the symbols of the shell's kallsyms table, at
+	// l.extra[kallsymsBlob] once laid out; kallsymsBlob is -1 without a shell.
+	kallsyms     []kallsym
+	kallsymsBlob int
+	bugs         tableRef // the bug table as registered (entries of dropped code removed)
+
 	funcs               []Func
 	data                []Data
 	callbacks           []Callback
 	runtime             Runtime
+	shell               *Shell
 	jumps               []JumpSite
 	warnings            []Warning
 	altApplied, altKept int
 }
 
+// extraBlob is a table lucos makes and places in the slot.
+type extraBlob struct {
+	name string
+	addr uint64
+	data []byte
+	perm Perm
+}
+
 // layout places loaded sections by permission class — code, read-only
 // data, data — each class starting on a page, and gives consumed sections
 // scratch addresses past the slot (they are relocated, never written).
+// With a module shell, the shell's kallsyms tables end the read-only class.
 func (l *linker) layout() error {
 	at := l.base
+	l.kallsymsBlob = -1
 	for _, perm := range []Perm{RX, RO, RW} {
 		at = alignUp(at, PageSize)
 		for _, s := range l.m.secs {
-			if s.treat != Load || s.perm != perm {
+			if !s.loaded() || s.perm != perm {
 				continue
 			}
 			at = alignUp(at, s.align)
@@ -126,6 +149,18 @@ func (l *linker) layout() error {
 			copy(l.buf[s.idx], s.data)
 			at += s.size
 		}
+		if perm == RO && l.m.shell != nil {
+			l.kallsyms = l.m.kallsymsSymbols()
+			size := kallsymsSize(l.kallsyms)
+			at = alignUp(at, 8)
+			if at-l.base > l.size || size > l.size-(at-l.base) {
+				return fmt.Errorf("%w: the module shell's kallsyms tables (%d bytes) end beyond the %d KiB slot", ErrNoSpace, size, l.size>>10)
+			}
+			l.kallsymsBlob = len(l.extra)
+			l.extra = append(l.extra, extraBlob{name: kallsymsBlobName, addr: at, data: make([]byte, size), perm: RO})
+			at += size
+		}
+		l.classEnd[perm] = alignUp(at, PageSize)
 	}
 	l.used = alignUp(at, PageSize) - l.base
 	if l.used > l.size {
@@ -256,7 +291,7 @@ func (l *linker) relocate() error {
 			if r.typ == elf.R_X86_64_NONE {
 				continue
 			}
-			if sym := l.m.syms[r.sym]; s.treat == Consume && sym.shndx != elf.SHN_UNDEF &&
+			if sym := l.m.syms[r.sym]; (s.treat == Consume || s.treat == Register) && sym.shndx != elf.SHN_UNDEF &&
 				sym.shndx < elf.SHN_LORESERVE && l.m.secs[sym.shndx].treat == Ignore {
 				l.dropped[s.idx] = append(l.dropped[s.idx], r.off)
 				continue
@@ -317,7 +352,7 @@ func (l *linker) place(addr, n uint64) (*section, uint64, bool) {
 // code returns the bytes of the patch's loaded code at [addr, addr+n).
 func (l *linker) code(addr, n uint64) ([]byte, *section, bool) {
 	s, off, ok := l.place(addr, n)
-	if !ok || s.treat != Load || s.perm != RX {
+	if !ok || !s.loaded() || s.perm != RX {
 		return nil, nil, false
 	}
 	return l.buf[s.idx][off : off+n], s, true
@@ -326,7 +361,7 @@ func (l *linker) code(addr, n uint64) ([]byte, *section, bool) {
 // loadedBytes returns bytes of any loaded section at [addr, addr+n).
 func (l *linker) loadedBytes(addr, n uint64) ([]byte, bool) {
 	s, off, ok := l.place(addr, n)
-	if !ok || s.treat != Load {
+	if !ok || !s.loaded() {
 		return nil, false
 	}
 	return l.buf[s.idx][off : off+n], true
@@ -345,23 +380,27 @@ func (l *linker) image() *Image {
 	m := l.m
 	im := &Image{Name: m.Name, BuildID: m.BuildID, Release: m.Release,
 		Base: l.base, Size: l.used,
-		Funcs: l.funcs, Data: l.data, Callbacks: l.callbacks, Runtime: l.runtime,
+		Funcs: l.funcs, Data: l.data, Callbacks: l.callbacks, Runtime: l.runtime, Shell: l.shell,
 		JumpSites: l.jumps, Warnings: l.warnings,
 		AltApplied: l.altApplied, AltKept: l.altKept}
 	for off := uint64(0); off < l.used; off += PageSize {
 		im.Pages = append(im.Pages, Page{Addr: l.base + off, Data: make([]byte, PageSize)})
 	}
+	put := func(name string, a uint64, data []byte, perm Perm) {
+		im.Sections = append(im.Sections, Section{Name: name, Addr: a, Size: uint64(len(data)), Perm: perm})
+		for i := 0; i < len(data); {
+			p := &im.Pages[(a+uint64(i)-l.base)/PageSize]
+			in := (a + uint64(i) - l.base) % PageSize
+			i += copy(p.Data[in:], data[i:])
+		}
+	}
 	for _, s := range m.secs {
-		if s.treat != Load {
-			continue
+		if s.loaded() {
+			put(s.name, l.addr[s.idx], l.buf[s.idx], s.perm)
 		}
-		a := l.addr[s.idx]
-		im.Sections = append(im.Sections, Section{Name: s.name, Addr: a, Size: s.size, Perm: s.perm})
-		for i := uint64(0); i < s.size; {
-			p := &im.Pages[(a+i-l.base)/PageSize]
-			in := (a + i - l.base) % PageSize
-			i += uint64(copy(p.Data[in:], l.buf[s.idx][i:]))
-		}
+	}
+	for _, x := range l.extra {
+		put(x.name, x.addr, x.data, x.perm)
 	}
 	slices.SortStableFunc(im.Sections, func(a, b Section) int { return cmp.Compare(a.Addr, b.Addr) })
 	// A page's permission is its class's; classes never share a page.
@@ -384,7 +423,7 @@ func (l *linker) image() *Image {
 		if (sym.typ != elf.STT_FUNC && sym.typ != elf.STT_OBJECT) || sym.shndx == elf.SHN_UNDEF || sym.shndx >= elf.SHN_LORESERVE {
 			continue
 		}
-		if s := m.secs[sym.shndx]; s.treat == Load {
+		if s := m.secs[sym.shndx]; s.loaded() {
 			im.Symbols = append(im.Symbols, Symbol{Name: sym.name, Addr: l.addr[s.idx] + sym.value, Size: sym.size, Func: sym.typ == elf.STT_FUNC})
 		}
 	}

@@ -31,6 +31,7 @@ type Module struct {
 	Description string
 	Release     string // kernel release it was built for (.modinfo vermagic)
 	Vermagic    string
+	ModName     string // the module's name (.modinfo name=, kbuild's lucos_<dir>), "" if none
 	BuildID     string // hex of the GNU build-id note, "" if none
 	Funcs       []FuncSpec
 	SymPos      []SymPos       // LUCOS_SYMPOS entries
@@ -43,6 +44,7 @@ type Module struct {
 	sympos  map[string]int
 	metaSec int              // index of .lucos.meta
 	runtime map[string]place // the runtime's entry points (__lucos_call...) the patch defines
+	shell   *shellSyms       // the runtime's module shell, nil without it
 }
 
 // FuncSpec is one LUCOS_REPLACE: redirect OldName (sympos Pos, 0 = unique)
@@ -107,7 +109,7 @@ func (s *section) relocAt(off uint64) (reloc, bool) {
 func (s *section) alloc() bool { return s.flags&elf.SHF_ALLOC != 0 }
 
 // placed reports whether Link gives the section an address.
-func (s *section) placed() bool { return s.treat == Load || s.treat == Consume }
+func (s *section) placed() bool { return s.loaded() || s.treat == Consume }
 
 type reloc struct {
 	off    uint64
@@ -182,6 +184,9 @@ func Parse(ko []byte) (*Module, error) {
 		return nil, err
 	}
 	if err := m.readRuntime(); err != nil {
+		return nil, err
+	}
+	if err := m.readShell(); err != nil {
 		return nil, err
 	}
 	if err := m.checkSignatures(f); err != nil {
@@ -266,7 +271,7 @@ func (m *Module) readRelocs(f *elf.File) error {
 		default:
 			s.treat = rule.treat
 		}
-		if s.treat == Load {
+		if s.loaded() {
 			s.perm = permOf(s.flags)
 		}
 	}
@@ -353,7 +358,7 @@ func (m *Module) checkSections() error {
 		return refuse(s.name, m.firstSymbolIn(s.idx), nil, "%s", rule.reason)
 	}
 	for _, s := range m.secs {
-		if s.treat == Load && s.flags&elf.SHF_WRITE != 0 && s.flags&elf.SHF_EXECINSTR != 0 {
+		if s.loaded() && s.flags&elf.SHF_WRITE != 0 && s.flags&elf.SHF_EXECINSTR != 0 {
 			return refuse(s.name, "", nil, "section is both writable and executable")
 		}
 		if s.placed() && s.align > PageSize {
@@ -415,8 +420,11 @@ func (m *Module) readModinfo() error {
 	}
 	for _, kv := range bytes.Split(s.data, []byte{0}) {
 		k, v, ok := strings.Cut(string(kv), "=")
-		if ok && k == "vermagic" {
+		switch {
+		case ok && k == "vermagic":
 			m.Vermagic = strings.TrimSpace(v)
+		case ok && k == "name":
+			m.ModName = v
 		}
 	}
 	if m.Vermagic == "" {

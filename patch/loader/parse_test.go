@@ -41,7 +41,7 @@ func TestParseGolden(t *testing.T) {
 	for name, want := range map[string]Treatment{
 		".text": Load, ".rodata.str1.1": Load, ".data": Load, ".bss": Load, ".lucos.funcs": Load, ".lucos.meta": Load,
 		"__mcount_loc": Consume, ".return_sites": Consume, ".modinfo": Metadata, "__versions": Metadata,
-		".orc_unwind": Ignore, ".orc_unwind_ip": Ignore, ".gnu.linkonce.this_module": Ignore,
+		".orc_unwind": Register, ".orc_unwind_ip": Register, ".gnu.linkonce.this_module": Ignore,
 	} {
 		if treat[name] != want {
 			t.Errorf("section %s: %v, want %v", name, treat[name], want)

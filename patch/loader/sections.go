@@ -15,6 +15,11 @@ const (
 	// Consume: relocated and acted on while linking (fentry NOPs,
 	// alternatives, jump labels, ...), never written to the guest.
 	Consume
+	// Register: a kernel table placed like Load, its entries for code lucos
+	// does not load dropped, sorted as the kernel's module loader sorts it,
+	// and handed to the guest kernel in the patch's module shell (the
+	// runtime's struct module): exception table, ORC, bug table.
+	Register
 	// Metadata: read by Parse (release, build id), never written.
 	Metadata
 	// Ignore: neither written nor relocated; the patch works without it.
@@ -29,6 +34,8 @@ func (t Treatment) String() string {
 		return "load"
 	case Consume:
 		return "consume"
+	case Register:
+		return "register"
 	case Metadata:
 		return "metadata"
 	case Ignore:
@@ -55,7 +62,7 @@ var sectionRules = []sectionRule{
 	{".text.*", Load, "code (.text.unlikely, .text.hot, per-function sections)"},
 	{".noinstr.text", Load, "code (noinstr functions)"},
 	{".entry.text", Load, "code"},
-	{".sched.text", Load, "code (__sched: wchan does not look inside patch code)"},
+	{".sched.text", Load, "code (__sched: wchan does not take patch code for the scheduler's)"},
 	{".cpuidle.text", Load, "code"},
 	{".spinlock.text", Load, "code"},
 	{".kprobes.text", Load, "code"},
@@ -84,7 +91,12 @@ var sectionRules = []sectionRule{
 	{".altinstructions", Consume, "alternatives, applied for the guest CPU's features (boot_cpu_data)"},
 	{"__jump_table", Consume, "static branches, set from each key's state at link time; the sites are not registered, so later key changes do not reach them (Image.JumpSites lists them)"},
 	{".return_sites", Consume, "`jmp __x86_return_thunk` sites, re-targeted to the thunk the kernel chose (x86_return_thunk)"},
-	{"__bug_table", Consume, "WARN sites become a 2-byte NOP (an unregistered WARN would Oops; Image.Warnings lists them); BUG sites keep ud2 and Oops as BUG would"},
+
+	// Registered with the guest kernel in the module shell.
+	{"__ex_table", Register, "exception table of inline user or unsafe memory access (unsafe_get_user, __get_kernel_nofault, *_safe MSR access): loaded RO, sorted by instruction, registered as the shell's extable, so a fault there is fixed up (-EFAULT) as in a module; needs the lucos runtime"},
+	{".orc_unwind_ip", Register, "ORC unwind table: loaded RO, sorted by address with .orc_unwind, registered as the shell's ORC table, so the guest's unwinder (oops traces, /proc/PID/stack) sees through patch code"},
+	{".orc_unwind", Register, "as .orc_unwind_ip"},
+	{"__bug_table", Register, "WARN and BUG sites: loaded RW (WARN_ONCE marks its entry), registered as the shell's bug table, so WARN warns and continues and BUG is a kernel BUG; without the runtime WARN sites become a 2-byte NOP (Image.Warnings)"},
 
 	// Read by Parse.
 	{".modinfo", Metadata, "vermagic gives the kernel release"},
@@ -93,12 +105,10 @@ var sectionRules = []sectionRule{
 	{".note.*", Metadata, "ELF notes"},
 
 	// Not needed.
-	{".gnu.linkonce.this_module", Ignore, "struct module: a lucos patch is not a module; code referencing THIS_MODULE is refused"},
+	{".gnu.linkonce.this_module", Ignore, "modpost's struct module: the runtime registers a struct module of its own, the module shell, which has no sysfs; code referencing THIS_MODULE is refused"},
 	{".init.*", Ignore, "module_init never runs; code referencing init code or data is refused"},
 	{".exit.*", Ignore, "module_exit never runs; code referencing exit code or data is refused"},
-	{".orc_unwind", Ignore, "ORC unwind data is not registered: the guest's own unwinder cannot see through patch code (lucos scans stacks itself)"},
-	{".orc_unwind_ip", Ignore, "as .orc_unwind"},
-	{".orc_header", Ignore, "as .orc_unwind"},
+	{".orc_header", Ignore, "ORC format header (Linux 6.4 and later)"},
 	{".static_call_sites", Ignore, "static_call() sites keep calling the trampoline, which the kernel keeps current"},
 	{".retpoline_sites", Ignore, "calls through __x86_indirect_thunk_* stay; the thunks carry the kernel's chosen mitigation"},
 	{".smp_locks", Ignore, "lock prefixes stay: always correct, only a UP kernel would strip them"},
@@ -111,7 +121,6 @@ var sectionRules = []sectionRule{
 	{".discard*", Ignore, "discarded by the kernel's linker scripts too"},
 
 	// Cannot honour.
-	{"__ex_table", Refuse, "exception table: inline user/unsafe memory access (unsafe_get_user, __get_kernel_nofault, *_safe MSR access) in patch code; lucos registers no exception table, so a fault there would Oops; call an out-of-line kernel helper (copy_from_user, get_user) instead"},
 	{"__param", Refuse, "module parameters cannot be set: lucos never insmods the patch"},
 	{"__tracepoints", Refuse, "tracepoints defined in a patch would need registration; using the kernel's is fine"},
 	{"__tracepoints_ptrs", Refuse, "as __tracepoints"},
@@ -140,6 +149,9 @@ func classify(name string) (sectionRule, bool) {
 	}
 	return sectionRule{}, false
 }
+
+// loaded reports whether the section is written to the guest.
+func (s *section) loaded() bool { return s.treat == Load || s.treat == Register }
 
 // permOf is the guest permission of a loaded section, from its flags as the
 // kernel's module loader decides it.

@@ -133,9 +133,9 @@ func TestImageRead(t *testing.T) {
 func TestClassify(t *testing.T) {
 	for name, want := range map[string]Treatment{
 		".text": Load, ".text.unlikely": Load, ".rodata.str1.8": Load, ".data..ro_after_init": Load,
-		".data..percpu": Refuse, ".lucos.callbacks": Load, "__ex_table": Refuse, ".init.text": Ignore,
+		".data..percpu": Refuse, ".lucos.callbacks": Load, "__ex_table": Register, ".orc_unwind": Register, ".init.text": Ignore,
 		".exit.data": Ignore, "__ksymtab_gpl": Ignore, ".note.gnu.build-id": Metadata, ".note.Linux": Metadata,
-		"__jump_table": Consume, ".textfoo": 0, "__bug_table": Consume, ".static_call.text": Refuse,
+		"__jump_table": Consume, ".textfoo": 0, "__bug_table": Register, ".static_call.text": Refuse,
 	} {
 		r, ok := classify(name)
 		if got := r.treat; !ok && want != 0 || ok && got != want {

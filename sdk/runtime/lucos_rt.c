@@ -4,15 +4,22 @@
  * `lucos patch build` (as runtime/lucos_rt.o). Each patch carries its own
  * copy: its shadow table is private to the patch.
  *
- * What lucos calls (__lucos_call, __lucos_trampoline, __lucos_rt_exit) and
- * the shadow-variable API are declared in <lucos/patch.h>.
+ * What lucos calls (__lucos_call, __lucos_trampoline, __lucos_rt_exit, the
+ * module shell's __lucos_shell_start and __lucos_shell_cancel) and the
+ * shadow-variable API are declared in <lucos/patch.h>.
  */
 #include <linux/context_tracking_irq.h>
 #include <linux/hashtable.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/notifier.h>
 #include <linux/overflow.h>
+#include <linux/rbtree_latch.h>
 #include <linux/rcupdate.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
+#include <linux/string.h>
+#include <linux/workqueue.h>
 #include <lucos/patch.h>
 
 typedef unsigned long (*lucos_fn_t)(unsigned long, unsigned long, unsigned long,
@@ -182,4 +189,226 @@ void lucos_shadow_free_all(unsigned long id)
 int __lucos_rt_exit(void)
 {
 	return lucos_shadow_remove(0, false);
+}
+
+/*
+ * The module shell: the patch as a struct module of the guest kernel.
+ * Registered, it makes the kernel's own lookups cover patch code, as they
+ * cover a module's: search_exception_tables() (a fault in an inline user
+ * access is fixed up to -EFAULT), the ORC unwinder (oops traces,
+ * /proc/PID/stack), kallsyms (/proc/kallsyms, %pS: "fn [lucos_<patch>]"),
+ * kernel_text_address() and report_bug() (WARN in patch code warns). The
+ * tables are lucos's: it lays them out, sorts them and fills __lucos_shell
+ * when it links the patch. Nothing of the shell is ever freed by the
+ * kernel: it has no init or exit the kernel runs, and rmmod refuses it
+ * (-EBUSY: an init and no exit make a module permanent).
+ *
+ * Registering takes module_mutex, a sleeping lock, which a guest call may
+ * not take: __lucos_shell_start queues the work on a kworker, and lucos
+ * polls __lucos_shell_result. The work never waits for the lock: it tries,
+ * and requeues itself a jiffy later, so while it waits it is queued and
+ * __lucos_shell_cancel can still take it back.
+ */
+
+/*
+ * kernel/module/internal.h is not among the headers: its declarations, as
+ * in Linux 6.1. lucos checks struct mod_tree_root against the guest's BTF
+ * (__lucos_shell_layout) before it loads the patch.
+ */
+struct mod_tree_root {
+#ifdef CONFIG_MODULES_TREE_LOOKUP
+	struct latch_tree_root root;
+#endif
+	unsigned long addr_min;
+	unsigned long addr_max;
+};
+extern struct mutex module_mutex;
+extern struct list_head modules;
+extern struct mod_tree_root mod_tree;
+#ifdef CONFIG_MODULES_TREE_LOOKUP
+void mod_tree_insert(struct module *mod);
+void mod_tree_remove(struct module *mod);
+#endif
+/* kernel/module/main.c: the reference the loader holds on a live module. */
+#define MODULE_REF_BASE	1
+/* Statics of kernel/module/main.c and lib/bug.c (lucos resolves statics). */
+extern struct blocking_notifier_head module_notify_list;
+#ifdef CONFIG_GENERIC_BUG
+extern struct list_head module_bug_list;
+#endif
+
+struct lucos_shell __lucos_shell;
+long __lucos_shell_result;
+const struct lucos_shell_layout __lucos_shell_layout = {
+	.module_size = sizeof(struct module),
+	.mod_tree_root_size = sizeof(struct mod_tree_root),
+	.mod_tree_addr_min = offsetof(struct mod_tree_root, addr_min),
+	.mod_tree_addr_max = offsetof(struct mod_tree_root, addr_max),
+};
+
+static struct module lucos_module;
+static unsigned long lucos_shell_op;
+static bool lucos_shell_cancelled;
+static void lucos_shell_work_fn(struct work_struct *work);
+static DECLARE_DELAYED_WORK(lucos_shell_work, lucos_shell_work_fn);
+
+_Static_assert(sizeof(struct lucos_shell) == 192, "struct lucos_shell is lucos's ABI");
+
+/* Never called: its presence, with no exit, makes rmmod refuse the module. */
+static int lucos_shell_init(void)
+{
+	return -EBUSY;
+}
+
+/* lucos_shell_add registers the shell. Precondition: module_mutex is held. */
+static long lucos_shell_add(void)
+{
+	const struct lucos_shell *d = &__lucos_shell;
+	struct module *mod = &lucos_module, *m;
+	unsigned long base = d->base, end = d->base + d->size;
+
+	if (!d->size || !d->name[0] || strnlen(d->name, sizeof(d->name)) >= MODULE_NAME_LEN)
+		return -EINVAL;
+	list_for_each_entry(m, &modules, list)
+		if (!strcmp(m->name, d->name))
+			return -EEXIST;
+	strscpy(mod->name, d->name, sizeof(mod->name));
+	mod->state = MODULE_STATE_LIVE;
+	mod->init = lucos_shell_init;
+	mod->taints = BIT(TAINT_LIVEPATCH);	/* "(K)" in /proc/modules and oopses */
+#ifdef CONFIG_MODULE_UNLOAD
+	mod->exit = NULL;
+	INIT_LIST_HEAD(&mod->source_list);
+	INIT_LIST_HEAD(&mod->target_list);
+	atomic_set(&mod->refcnt, MODULE_REF_BASE);
+#endif
+	mod->core_layout.base = (void *)base;
+	mod->core_layout.size = d->size;
+	mod->core_layout.text_size = d->text_size;
+	mod->core_layout.ro_size = d->ro_size;
+	mod->core_layout.ro_after_init_size = d->ro_size;
+	mod->extable = (struct exception_table_entry *)d->extable;
+	mod->num_exentries = d->num_extable;
+#ifdef CONFIG_UNWINDER_ORC
+	mod->arch.orc_unwind_ip = (int *)d->orc_unwind_ip;
+	mod->arch.orc_unwind = (struct orc_entry *)d->orc_unwind;
+	mod->arch.num_orcs = d->num_orcs;
+#endif
+#ifdef CONFIG_KALLSYMS
+	mod->core_kallsyms.symtab = (Elf_Sym *)d->symtab;
+	mod->core_kallsyms.num_symtab = d->num_syms;
+	mod->core_kallsyms.strtab = (char *)d->strtab;
+	mod->core_kallsyms.typetab = (char *)d->typetab;
+	rcu_assign_pointer(mod->kallsyms, &mod->core_kallsyms);
+#endif
+#ifdef CONFIG_GENERIC_BUG
+	mod->bug_table = (struct bug_entry *)d->bug_table;
+	mod->num_bugs = d->num_bugs;
+	list_add_rcu(&mod->bug_list, &module_bug_list);
+#endif
+#ifdef CONFIG_MODULES_TREE_LOOKUP
+	mod_tree_insert(mod);
+#endif
+	/* As __mod_update_bounds: the kernel never narrows them again either. */
+	if (base < mod_tree.addr_min)
+		mod_tree.addr_min = base;
+	if (end > mod_tree.addr_max)
+		mod_tree.addr_max = end;
+	list_add_rcu(&mod->list, &modules);
+	return 0;
+}
+
+/*
+ * lucos_shell_del_begin starts unregistering, as delete_module does: the
+ * shell must be live and unreferenced, and goes GOING (try_module_get
+ * fails from then on). -ENOENT: it is no longer listed; -EALREADY: a
+ * forced rmmod (rmmod -f) is under way; -EBUSY: something holds a
+ * reference. Precondition: module_mutex is held.
+ */
+static long lucos_shell_del_begin(void)
+{
+	struct module *mod = &lucos_module, *m;
+	bool listed = false;
+
+	list_for_each_entry(m, &modules, list)
+		listed |= m == mod;
+	if (!listed)
+		return -ENOENT;
+	if (mod->state != MODULE_STATE_LIVE)
+		return -EALREADY;
+#ifdef CONFIG_MODULE_UNLOAD
+	if (atomic_cmpxchg(&mod->refcnt, MODULE_REF_BASE, 0) != MODULE_REF_BASE)
+		return -EBUSY;
+#endif
+	mod->state = MODULE_STATE_GOING;
+	return 0;
+}
+
+/* lucos_shell_del_end unlinks the shell, as free_module does. Precondition: module_mutex is held. */
+static void lucos_shell_del_end(void)
+{
+	struct module *mod = &lucos_module;
+
+	mod->state = MODULE_STATE_UNFORMED;
+	list_del_rcu(&mod->list);
+#ifdef CONFIG_MODULES_TREE_LOOKUP
+	mod_tree_remove(mod);
+#endif
+#ifdef CONFIG_GENERIC_BUG
+	list_del_rcu(&mod->bug_list);
+#endif
+}
+
+static void lucos_shell_work_fn(struct work_struct *work)
+{
+	long ret;
+
+	if (READ_ONCE(lucos_shell_cancelled)) {
+		ret = -ECANCELED;
+		goto done;
+	}
+	if (!mutex_trylock(&module_mutex)) {
+		queue_delayed_work(system_unbound_wq, &lucos_shell_work, 1);
+		return;
+	}
+	if (lucos_shell_op == LUCOS_SHELL_ADD) {
+		ret = lucos_shell_add();
+		mutex_unlock(&module_mutex);
+		goto done;
+	}
+	ret = lucos_shell_del_begin();
+	mutex_unlock(&module_mutex);
+	if (ret)
+		goto done;
+	/* What watches modules go (kprobes in patch code, ...) lets go of it. */
+	blocking_notifier_call_chain(&module_notify_list, MODULE_STATE_GOING, &lucos_module);
+	mutex_lock(&module_mutex);
+	lucos_shell_del_end();
+	mutex_unlock(&module_mutex);
+	/* Lookups under rcu_read_lock_sched or preempt_disable are over. */
+	synchronize_rcu();
+done:
+	smp_store_release(&__lucos_shell_result, ret);
+}
+
+long __lucos_shell_start(unsigned long op)
+{
+	if (op != LUCOS_SHELL_ADD && op != LUCOS_SHELL_DEL)
+		return -EINVAL;
+	if (READ_ONCE(__lucos_shell_result) == LUCOS_SHELL_PENDING)
+		return -EBUSY;
+	lucos_shell_op = op;
+	WRITE_ONCE(lucos_shell_cancelled, false);
+	WRITE_ONCE(__lucos_shell_result, LUCOS_SHELL_PENDING);
+	queue_delayed_work(system_unbound_wq, &lucos_shell_work, 0);
+	return 0;
+}
+
+long __lucos_shell_cancel(void)
+{
+	WRITE_ONCE(lucos_shell_cancelled, true);
+	if (!cancel_delayed_work(&lucos_shell_work))
+		return 0;
+	WRITE_ONCE(__lucos_shell_result, -ECANCELED);
+	return 1;
 }

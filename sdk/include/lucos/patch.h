@@ -266,4 +266,44 @@ void __noreturn __lucos_trampoline(void);
 extern unsigned long __lucos_call_done;
 int __lucos_rt_exit(void);
 
+/*
+ * For lucos only: the module shell. The runtime registers the patch with
+ * the guest kernel as a struct module of its own (name lucos_<patch>), so
+ * that the kernel's lookups cover patch code: exception tables (a fault in
+ * an inline user access is fixed up), the ORC unwinder, kallsyms and the
+ * bug table. lucos fills __lucos_shell when it links the patch; a guest
+ * call of __lucos_shell_start(LUCOS_SHELL_ADD or _DEL) queues the work on
+ * a kworker (module_mutex sleeps; a guest call may not), which stores 0 or
+ * -errno in __lucos_shell_result, LUCOS_SHELL_PENDING until then.
+ * __lucos_shell_cancel() cancels a queued add and returns 1, or 0 when the
+ * work already runs or ran. __lucos_shell_layout is what the runtime was
+ * compiled with, checked by lucos against the guest's BTF.
+ */
+struct lucos_shell {			/* 192 bytes, filled by lucos */
+	u64 base, size;			/* the patch's pages: [base, base+size) */
+	u64 text_size, ro_size;		/* code, then read-only data, from base */
+	u64 extable, num_extable;	/* __ex_table, sorted by instruction */
+	u64 orc_unwind_ip, orc_unwind, num_orcs; /* ORC tables, sorted by address */
+	u64 symtab, strtab, typetab, num_syms;	/* kallsyms: Elf64_Sym[], names, type letters */
+	u64 bug_table, num_bugs;	/* __bug_table */
+	u64 flags;			/* reserved, 0 */
+	char name[64];			/* the module's name, NUL-terminated */
+};
+
+struct lucos_shell_layout {		/* sizes and offsets the runtime was compiled with */
+	u32 module_size;		/* sizeof(struct module) */
+	u32 mod_tree_root_size;		/* sizeof(struct mod_tree_root) */
+	u32 mod_tree_addr_min, mod_tree_addr_max; /* offsetof(struct mod_tree_root, addr_min/max) */
+};
+
+#define LUCOS_SHELL_ADD		1
+#define LUCOS_SHELL_DEL		2
+#define LUCOS_SHELL_PENDING	1L
+
+extern struct lucos_shell __lucos_shell;
+extern long __lucos_shell_result;
+extern const struct lucos_shell_layout __lucos_shell_layout;
+long __lucos_shell_start(unsigned long op);
+long __lucos_shell_cancel(void);
+
 #endif /* _LUCOS_PATCH_H */
