@@ -29,6 +29,7 @@ type Kernel struct {
 
 	m    *vmm.Machine
 	offs *offsets
+	orc  orcState // ORC tables, read on first use (orc.go)
 }
 
 // Attach finds the running kernel's KASLR slide and checks that it is img,

@@ -204,3 +204,86 @@ func TestStackScanFindsBlockedTasks(t *testing.T) {
 		}
 	}
 }
+
+// TestUnwindMatchesProcStack: every task of an idle guest unwinds exactly
+// with the guest's own ORC tables, and each switched-out task's frames are
+// those the guest's /proc/PID/stack prints (which leaves out the
+// scheduler's and the lock functions' frames).
+func TestUnwindMatchesProcStack(t *testing.T) {
+	img := loadImage(t)
+	m := testvm.Boot(t)
+	k := attach(t, m, img)
+	// Tasks asleep in known places; the script returns once both sleep.
+	testvm.Exec(t, m, "sh", "-c", `sleep 1000 >/dev/null 2>&1 & a=$!
+		sleep 1000 | cat >/dev/null 2>&1 & b=$!
+		for p in $a $b; do until grep -q '^[0-9]* ([a-z]*) S' /proc/$p/stat; do usleep 1000; done; done`)
+
+	ctx := context.Background()
+	before, err := k.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := testvm.Exec(t, m, "sh", "-c", `for p in /proc/[0-9]*; do echo "== ${p#/proc/}"; cat $p/stack 2>/dev/null; done`)
+	after, err := k.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	procStack := map[int][]string{}
+	pid := -1
+	for _, line := range strings.Split(string(res.Stdout), "\n") {
+		if p, ok := strings.CutPrefix(line, "== "); ok {
+			pid, _ = strconv.Atoi(p)
+			procStack[pid] = []string{}
+			continue
+		}
+		// [<0>] pipe_read+0x3df/0x470 [module]
+		if f := strings.Fields(line); len(f) >= 2 && pid >= 0 {
+			procStack[pid] = append(procStack[pid], strings.Split(f[1], "/")[0])
+		}
+	}
+	inSched := func(a uint64) bool {
+		for _, r := range [][2]string{{"__sched_text_start", "__sched_text_end"}, {"__lock_text_start", "__lock_text_end"}} {
+			lo, err1 := k.Addr(r[0], 0)
+			hi, err2 := k.Addr(r[1], 0)
+			if err1 == nil && err2 == nil && a >= lo && a < hi {
+				return true
+			}
+		}
+		return false
+	}
+	trace := func(s *introspect.Snapshot, task uint64) ([]string, error) {
+		tr := s.Unwind(task)
+		var out []string
+		for _, f := range tr.Frames {
+			if !inSched(f.IP) {
+				out = append(out, k.FormatAddr(f.IP))
+			}
+		}
+		return out, tr.Err
+	}
+	running := map[uint64]bool{}
+	for _, v := range before.VCPUs {
+		running[v.Current] = true
+	}
+	compared := 0
+	for _, task := range before.Tasks {
+		got, err := trace(before, task.Addr)
+		if err != nil {
+			t.Errorf("pid %d (%s): %v; frames %q", task.PID, task.Comm, err, got)
+			continue
+		}
+		again, _ := trace(after, task.Addr)
+		want, ok := procStack[task.PID]
+		if running[task.Addr] || !ok || strings.Join(got, " ") != strings.Join(again, " ") || task.Idle {
+			continue // ran between the snapshots, or exited
+		}
+		compared++
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("pid %d (%s):\nlucos  %q\nguest  %q", task.PID, task.Comm, got, want)
+		}
+	}
+	t.Logf("%d tasks unwound, %d compared with /proc/PID/stack", len(before.Tasks), compared)
+	if compared < 10 {
+		t.Errorf("only %d tasks stayed put to compare", compared)
+	}
+}

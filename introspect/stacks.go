@@ -130,21 +130,36 @@ type Holder struct {
 	Comm   string `json:"comm"`
 	Task   uint64 `json:"task"`
 	Thread int    `json:"vcpu,omitempty"` // gdbstub thread, for a RIP or an IRQ/IST stack
-	// Kind is "rip" (a vCPU executes there) or "stack" (a word on a kernel
-	// stack: a return address or a saved RIP).
+	// Kind is "rip" (a vCPU executes there), "frame" (a frame of the task's
+	// exact ORC unwind: a return address or an interrupted instruction) or
+	// "stack" (a word of a stack the unwinder could not follow: see
+	// Inexact).
 	Kind  string `json:"kind"`
 	Value uint64 `json:"value"`
 	Slot  uint64 `json:"slot,omitempty"` // the stack address holding Value
+	// Inexact is why the task's stack was scanned word by word rather than
+	// unwound.
+	Inexact string `json:"inexact,omitempty"`
 }
 
-// Scan reports every vCPU whose RIP, and every stack word, that lies inside
-// one of ranges. It is conservative: any word of a live stack part counts,
-// so a stale value can delay a commit but a real return address is never
-// missed.
+// Scan reports every vCPU whose RIP lies inside one of ranges, and every
+// task with a frame inside one. A task's frames are those of its exact ORC
+// unwind (Unwind); where the unwind stops short of the end of the stack
+// (code without ORC data, a stack lucos did not copy), every word of the
+// task's live stack counts instead, so a stale value can delay a commit but
+// a real return address is never missed.
 func (s *Snapshot) Scan(ranges []Range) []Holder {
 	in := func(a uint64) bool {
 		for _, r := range ranges {
 			if r.Contains(a) {
+				return true
+			}
+		}
+		return false
+	}
+	inFrame := func(f Frame) bool {
+		for _, r := range ranges {
+			if f.In(r) {
 				return true
 			}
 		}
@@ -155,30 +170,48 @@ func (s *Snapshot) Scan(ranges []Range) []Holder {
 		byAddr[s.Tasks[i].Addr] = &s.Tasks[i]
 	}
 	var out []Holder
-	holder := func(task uint64, thread int, kind string, value, slot uint64) {
-		h := Holder{Task: task, Thread: thread, Kind: kind, Value: value, Slot: slot}
-		if t := byAddr[task]; t != nil {
+	holder := func(h Holder) {
+		if t := byAddr[h.Task]; t != nil {
 			h.PID, h.Comm = t.PID, t.Comm
 		}
 		out = append(out, h)
 	}
-	for _, v := range s.VCPUs {
+	onVCPU := map[uint64]*VCPU{}
+	for i, v := range s.VCPUs {
+		onVCPU[v.Current] = &s.VCPUs[i]
 		if !v.User && in(v.RIP) {
-			holder(v.Current, v.Thread, "rip", v.RIP, 0)
-		}
-		for _, c := range s.stacks[vcpuKey(v.Thread)] {
-			c.words(func(slot, w uint64) {
-				if in(w) {
-					holder(v.Current, v.Thread, "stack", w, slot)
-				}
-			})
+			holder(Holder{Task: v.Current, Thread: v.Thread, Kind: "rip", Value: v.RIP})
 		}
 	}
 	for _, t := range s.Tasks {
-		for _, c := range s.stacks[t.Addr] {
+		v := onVCPU[t.Addr]
+		if v != nil && v.User {
+			continue
+		}
+		tr := s.Unwind(t.Addr)
+		if tr.Err == nil {
+			for i, f := range tr.Frames {
+				if v != nil && i == 0 {
+					continue // the vCPU's RIP, above
+				}
+				if inFrame(f) {
+					holder(Holder{Task: t.Addr, Kind: "frame", Value: f.IP, Slot: f.Slot})
+				}
+			}
+			continue
+		}
+		var copies []stackCopy
+		if v != nil {
+			copies = s.stacks[vcpuKey(v.Thread)]
+		}
+		for _, c := range append(copies, s.stacks[t.Addr]...) {
 			c.words(func(slot, w uint64) {
 				if in(w) {
-					holder(t.Addr, 0, "stack", w, slot)
+					h := Holder{Task: t.Addr, Kind: "stack", Value: w, Slot: slot, Inexact: tr.Err.Error()}
+					if v != nil {
+						h.Thread = v.Thread
+					}
+					holder(h)
 				}
 			})
 		}
@@ -194,13 +227,22 @@ func (c stackCopy) words(fn func(slot, w uint64)) {
 	}
 }
 
-// Frames returns the likely call chain of a task, innermost first: the RIP
-// if it runs in the kernel, then every word of its live stack that points
-// just after a call instruction in kernel text (the usual test for a return
-// address; Debian's kernels have no frame pointers, they unwind with ORC).
+// Frames returns the call chain of a task, innermost first, at most max
+// return addresses: its exact ORC unwind where that reaches the end of the
+// stack; otherwise the RIP if it runs in the kernel, then every word of its
+// live stack that points just after a call instruction in kernel text (the
+// usual guess at a return address).
 func (s *Snapshot) Frames(task uint64, max int) []uint64 {
-	k := s.k
 	var frames []uint64
+	if tr := s.Unwind(task); tr.Err == nil {
+		for _, f := range tr.Frames {
+			if len(frames) < max {
+				frames = append(frames, f.IP)
+			}
+		}
+		return frames
+	}
+	k := s.k
 	for _, v := range s.VCPUs {
 		if v.Current == task && !v.User {
 			frames = append(frames, v.RIP)

@@ -52,6 +52,8 @@ type VCPU struct {
 	User    bool      `json:"user"`
 	Stack   StackKind `json:"stack"`
 	Current uint64    `json:"current"` // task_struct of the task it runs
+
+	regs cpuRegs // where an unwind of the task it runs starts
 }
 
 // stackCopy is a live part of a stack, copied while the VM was paused.
@@ -71,18 +73,26 @@ type Snapshot struct {
 	k      *Kernel
 	stacks map[uint64][]stackCopy // by task_struct, plus vcpuKey(n) for IRQ/IST stacks
 	words  int
+
+	orcMods []*orcTable      // the modules' ORC tables at the snapshot
+	orcErr  error            // reading them failed: no exact unwinding
+	traces  map[uint64]Trace // Unwind's results, by task_struct
 }
 
 // Snapshot pauses the VM, reads every task and vCPU and copies the live part
 // of every kernel stack, then resumes.
 func (k *Kernel) Snapshot(ctx context.Context) (*Snapshot, error) {
-	s := &Snapshot{k: k, stacks: map[uint64][]stackCopy{}}
+	s := &Snapshot{k: k, stacks: map[uint64][]stackCopy{}, traces: map[uint64]Trace{}}
+	o := k.initORC() // vmlinux's tables, read once, the VM running: they never change
 	pause, err := k.m.WithPaused(ctx, func(g *gdbstub.Client) error {
 		if err := s.readVCPUs(g); err != nil {
 			return err
 		}
 		if err := s.readTasks(); err != nil {
 			return err
+		}
+		if o.err == nil {
+			s.orcMods, s.orcErr = k.moduleORC(o)
 		}
 		return s.copyStacks()
 	})
@@ -111,6 +121,8 @@ func (s *Snapshot) readVCPUs(g *gdbstub.Client) error {
 		}
 		get := func(name string) uint64 { v, _ := regs.Get(name); return v }
 		v := VCPU{Thread: tid, CPU: -1, RIP: get("rip"), RSP: get("rsp"), User: get("cs")&3 == 3}
+		v.regs = cpuRegs{ip: v.RIP, sp: v.RSP, bp: get("rbp"), r10: get("r10"), r13: get("r13"),
+			di: get("rdi"), dx: get("rdx"), cs: get("cs")}
 		// The kernel's GS base is the CPU's per-CPU offset: in gs_base while in
 		// the kernel, in k_gs_base (swapped out) while in user mode.
 		for cpu, off := range k.PerCPU {
