@@ -53,6 +53,9 @@ func (t *target) Symbol(name string, pos int) (kimage.Symbol, uint64, error) {
 		for _, m := range t.mods {
 			if m.Name == mod {
 				s, err := m.Symbol(sym, pos)
+				if err == nil {
+					s.Name = name // what patch list shows: tls:tls_rx_one_record
+				}
 				return s, s.Addr, err
 			}
 		}

@@ -240,7 +240,12 @@ func (l *linker) resolveKernel(s symbol, from *section, off uint64) (uint64, err
 		if pos != 0 {
 			return 0, refuseAt(from.name, off, s.name, err, "LUCOS_SYMPOS(%s, %d): %v", s.name, pos, err)
 		}
-		return 0, refuseAt(from.name, off, s.name, err, "unknown symbol: the guest kernel (vmlinux, not its modules) has no symbol of that name")
+		if strings.Contains(s.name, ":") {
+			// module:symbol, from lucos patch build --diff: the target says
+			// whether the module is loaded and has it.
+			return 0, refuseAt(from.name, off, s.name, err, "unknown symbol: %v", err)
+		}
+		return 0, refuseAt(from.name, off, s.name, err, "unknown symbol: neither the guest kernel nor a loaded module has a symbol of that name")
 	}
 	return 0, fmt.Errorf("section %s+%#x: resolve %s: %w", from.name, off, s.name, err)
 }
