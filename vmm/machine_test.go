@@ -3,7 +3,6 @@ package vmm_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -104,46 +103,33 @@ func TestExecConcurrent(t *testing.T) {
 	}
 }
 
-// kernelData finds pattern in the kernel image's data in guest RAM and
-// returns its physical and kernel-image virtual address. Copies elsewhere
-// (a process's struct utsname, the page cache) are told apart by the
-// kernel-image mapping: it is linear, so a vCPU's kernel RIP and its physical
-// address give the one offset under which the kernel's own copy maps back.
-func kernelData(t *testing.T, m *vmm.Machine, pattern []byte) (phys, virt uint64) {
+// kernelData returns the physical and virtual address of the kernel
+// variable sym, as the guest's /proc/kallsyms and page tables give them,
+// and checks that guest RAM holds want there. (Searching RAM for want
+// instead found, now and then, a stray copy in memory the kernel-image
+// mapping still covers, and TestWatchpointFires watched the wrong bytes.)
+func kernelData(t *testing.T, m *vmm.Machine, sym string, want []byte) (phys, virt uint64) {
 	t.Helper()
-	var delta uint64
-	_, err := m.WithPaused(context.Background(), func(g *gdbstub.Client) error {
-		for _, tid := range g.Threads() {
-			rip, err := g.ReadRegister(tid, "rip")
-			if err != nil {
-				return err
-			}
-			if rip < 0xffffffff80000000 {
-				continue
-			}
-			pa, err := gva2gpa(m, rip)
-			if err != nil {
-				return err
-			}
-			delta = rip - pa
-			return nil
-		}
-		return errors.New("no vCPU stopped in the kernel image")
-	})
+	res := testvm.Exec(t, m, "sh", "-c", "grep ' "+sym+"$' /proc/kallsyms")
+	f := strings.Fields(string(res.Stdout))
+	if len(f) != 3 {
+		t.Fatalf("/proc/kallsyms has no single %s: %q", sym, res.Stdout)
+	}
+	virt, err := strconv.ParseUint(f[0], 16, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
-	matches, err := findPhys(m, pattern)
-	if err != nil {
+	if phys, err = gva2gpa(m, virt); err != nil {
 		t.Fatal(err)
 	}
-	for _, pa := range matches {
-		if back, err := gva2gpa(m, pa+delta); err == nil && back == pa {
-			return pa, pa + delta
-		}
+	got := make([]byte, len(want))
+	if err := m.ReadPhys(phys, got); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("%q: %d copies in guest RAM, none in the kernel image", pattern, len(matches))
-	return 0, 0
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s at %#x (physical %#x) holds %q, want %q", sym, virt, phys, got, want)
+	}
+	return phys, virt
 }
 
 // utsName is the start of the kernel's struct new_utsname: six 65-byte
@@ -156,27 +142,6 @@ func utsName(m *vmm.Machine, nodename string) []byte {
 	return b
 }
 
-// findPhys scans guest RAM through the shared mapping for every copy of pattern.
-func findPhys(m *vmm.Machine, pattern []byte) ([]uint64, error) {
-	const chunk = 1 << 20
-	buf := make([]byte, chunk+len(pattern))
-	var found []uint64
-	for base := uint64(0); base+uint64(len(buf)) <= m.Memory(); base += chunk {
-		if err := m.ReadPhys(base, buf); err != nil {
-			return nil, err
-		}
-		for off := 0; ; {
-			i := bytes.Index(buf[off:chunk+len(pattern)-1], pattern)
-			if i < 0 {
-				break
-			}
-			found = append(found, base+uint64(off+i))
-			off += i + 1
-		}
-	}
-	return found, nil
-}
-
 func TestBannerMappingMatchesGDB(t *testing.T) {
 	m := sharedGuest(t)
 	version := bytes.TrimSuffix(testvm.Exec(t, m, "cat", "/proc/version").Stdout, []byte("\n"))
@@ -184,7 +149,7 @@ func TestBannerMappingMatchesGDB(t *testing.T) {
 		t.Fatalf("/proc/version = %q", version)
 	}
 	// linux_banner is /proc/version's text followed by a newline and NUL.
-	addr, _ := kernelData(t, m, append(version, '\n', 0))
+	addr, _ := kernelData(t, m, "linux_banner", append(version, '\n', 0))
 	viaMap := make([]byte, len(version)+2)
 	if err := m.ReadPhys(addr, viaMap); err != nil {
 		t.Fatal(err)
@@ -209,7 +174,7 @@ func TestBannerMappingMatchesGDB(t *testing.T) {
 // and checks the guest's uname -n reports it.
 func TestGDBWriteSeenByGuest(t *testing.T) {
 	m := testvm.Boot(t)
-	uts, _ := kernelData(t, m, utsName(m, "lucos-guest"))
+	uts, _ := kernelData(t, m, "init_uts_ns", utsName(m, "lucos-guest"))
 	node := uts + 65
 	newName := []byte("written-by-lucos\x00")
 	_, err := m.WithPaused(context.Background(), func(g *gdbstub.Client) error {
@@ -233,7 +198,7 @@ func TestGDBWriteSeenByGuest(t *testing.T) {
 func TestWatchpointFires(t *testing.T) {
 	m := testvm.Boot(t)
 	ctx := context.Background()
-	_, uts := kernelData(t, m, utsName(m, "lucos-guest"))
+	_, uts := kernelData(t, m, "init_uts_ns", utsName(m, "lucos-guest"))
 	nodeVirt := uts + 65
 	_, err := m.WithPaused(ctx, func(g *gdbstub.Client) error {
 		return g.InsertWatchpoint(gdbstub.WatchWrite, nodeVirt, 8)
@@ -242,16 +207,39 @@ func TestWatchpointFires(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	done := make(chan *vmm.ExecResult, 1)
+	type execDone struct {
+		res *vmm.ExecResult
+		err error
+	}
+	done := make(chan execDone, 1)
 	go func() {
-		res, _ := m.Exec(ctx, "hostname", "watched")
-		done <- res
+		res, err := m.Exec(ctx, "hostname", "watched")
+		done <- execDone{res, err}
 	}()
-	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	// The stop, or the end of the exec without one: then the write was not
+	// trapped (or never made), and the test says which.
+	stopped := make(chan error, 1)
+	var ev gdbstub.StopEvent
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ev, err := m.WaitStop(wctx)
-	if err != nil {
-		t.Fatalf("watchpoint did not fire: %v", err)
+	go func() {
+		var err error
+		ev, err = m.WaitStop(wctx)
+		stopped <- err
+	}()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("waiting for the watchpoint: %v", err)
+		}
+	case d := <-done:
+		cancel()
+		<-stopped
+		if d.err != nil {
+			t.Fatalf("hostname did not run: %v", d.err)
+		}
+		t.Fatalf("hostname ran (%+v) and the watchpoint did not fire; uname -n now %q", d.res,
+			strings.TrimSpace(string(testvm.Exec(t, m, "uname", "-n").Stdout)))
 	}
 	if ev.Reason != "watch" || ev.Addr != nodeVirt {
 		t.Errorf("stop %+v, want a write watch at %#x", ev, nodeVirt)
@@ -270,13 +258,8 @@ func TestWatchpointFires(t *testing.T) {
 	if _, err := m.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case res := <-done:
-		if res == nil || res.Status != 0 {
-			t.Fatalf("hostname failed: %+v", res)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("hostname did not finish after the watchpoint was removed")
+	if d := <-done; d.err != nil || d.res.Status != 0 {
+		t.Fatalf("hostname failed: %+v, %v", d.res, d.err)
 	}
 	if got := strings.TrimSpace(string(testvm.Exec(t, m, "uname", "-n").Stdout)); got != "watched" {
 		t.Errorf("uname -n = %q", got)
