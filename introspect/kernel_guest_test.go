@@ -154,11 +154,13 @@ func TestStackScanFindsBlockedTasks(t *testing.T) {
 	img := loadImage(t)
 	m := testvm.Boot(t)
 	k := attach(t, m, img)
-	res := testvm.Exec(t, m, "sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!; sleep 1000 | cat >/dev/null 2>&1 & echo $!")
+	// The script returns once both are asleep.
+	res := testvm.Exec(t, m, "sh", "-c", `sleep 1000 >/dev/null 2>&1 & a=$!; echo $a
+		sleep 1000 | cat >/dev/null 2>&1 & b=$!; echo $b
+		for p in $a $b; do until grep -q '^[0-9]* ([a-z]*) S' /proc/$p/stat; do usleep 1000; done; done`)
 	pids := strings.Fields(string(res.Stdout))
 	sleepPID, _ := strconv.Atoi(pids[0])
 	catPID, _ := strconv.Atoi(pids[1])
-	time.Sleep(time.Second)
 
 	rangeOf := func(name string) introspect.Range {
 		s, err := img.Symbols.Find(name, 0)
