@@ -153,7 +153,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		case off == "":
 			configured = append(configured, path)
 		case named[path]:
-			return nil, fmt.Errorf("%w: %s is not built into this kernel: %s is not set in its configuration", ErrSourceMismatch, path, off)
+			return nil, fmt.Errorf("%w: %s is not built into this kernel: %s is not set in its configuration", ErrNotBuilt, path, off)
 		default:
 			res.Skipped = append(res.Skipped, fmt.Sprintf("%s (not in this configuration: %s is not set)", path, off))
 		}
@@ -233,7 +233,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		}
 		if !builtInto(orig, h) {
 			if named[path] {
-				return nil, fmt.Errorf("%w: %s is not built into %s with this kernel's configuration", ErrSourceMismatch, path, h.name)
+				return nil, fmt.Errorf("%w: %s is not built into %s with this kernel's configuration", ErrNotBuilt, path, h.name)
 			}
 			res.Skipped = append(res.Skipped, path+" (not built into this kernel)")
 			continue

@@ -15,6 +15,9 @@ var (
 	// ErrSourceMismatch: the original build does not match the guest's
 	// code, or the guest lacks a symbol the source has.
 	ErrSourceMismatch = errors.New("the kernel source does not match the guest's kernel")
+	// ErrNotBuilt: the diff changes only code this kernel's configuration
+	// leaves out (a file of a driver it does not build).
+	ErrNotBuilt = errors.New("the diff changes code this kernel does not build")
 	// ErrAmbiguous: a static the patch needs is defined several times in
 	// the guest and lucos cannot tell which one.
 	ErrAmbiguous = errors.New("ambiguous kernel symbol")

@@ -26,6 +26,8 @@ type home struct {
 	// code returns n bytes of a symbol and which of them the image's own
 	// relocations (a module's) leave unknown; ok=false if it holds no code.
 	code func(s kimage.Symbol, n uint64) ([]byte, []bool, bool)
+	// where names an address of lookup's symbols for a message.
+	where func(addr uint64) string
 }
 
 // qualify is the loader's name for a symbol of this home: a module's are
@@ -90,7 +92,7 @@ func moduleHome(name, ko string) (*home, error) {
 	}
 	places := map[uint64]place{}
 	byName := map[string][]kimage.Symbol{}
-	for i, es := range esyms {
+	for _, es := range esyms {
 		sec := int(es.Section)
 		if es.Name == "" || es.Section == elf.SHN_UNDEF || sec >= len(f.Sections) {
 			continue
@@ -111,7 +113,10 @@ func moduleHome(name, ko string) (*home, error) {
 		if elf.ST_BIND(es.Info) == elf.STB_GLOBAL {
 			t -= 'a' - 'A'
 		}
-		addr := uint64(i+1) << 32 // one address per symbol; places maps it back
+		// The .ko is not linked to addresses: a symbol's is its section's
+		// index and its offset there, so that distances within a section,
+		// which nearest measures, are the real ones; places maps it back.
+		addr := uint64(sec)<<32 | es.Value
 		places[addr] = place{sec, es.Value}
 		list := byName[es.Name]
 		byName[es.Name] = append(list, kimage.Symbol{Name: es.Name, Addr: addr, Type: t, Size: es.Size, Pos: len(list) + 1})
@@ -146,6 +151,12 @@ func moduleHome(name, ko string) (*home, error) {
 		}
 	}
 	return &home{name: name, module: true,
+		where: func(a uint64) string {
+			if sec := int(a >> 32); sec < len(f.Sections) {
+				return fmt.Sprintf("%s+%#x", f.Sections[sec].Name, a&0xffffffff)
+			}
+			return fmt.Sprintf("%#x", a)
+		},
 		lookup: func(n string) []kimage.Symbol { return byName[n] },
 		code: func(sym kimage.Symbol, n uint64) ([]byte, []bool, bool) {
 			p, ok := places[sym.Addr]
@@ -377,7 +388,11 @@ func (l *locator) nearest(name string, cands []kimage.Symbol, k byte) (kimage.Sy
 				where = append(where, "...")
 				break
 			}
-			where = append(where, fmt.Sprintf("%#x", c.Addr))
+			if l.h.where != nil {
+				where = append(where, l.h.where(c.Addr))
+			} else {
+				where = append(where, fmt.Sprintf("%#x", c.Addr))
+			}
 		}
 		return kimage.Symbol{}, fmt.Errorf("%w: %s defines %s %d times (%s) and the object's neighbours do not tell which is %s's", ErrAmbiguous, l.h.name, name, len(cands), strings.Join(where, ", "), l.orig.path)
 	}
