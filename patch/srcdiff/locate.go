@@ -339,11 +339,79 @@ func (l *locator) sympos(name string, k byte, own bool) (int, error) {
 			return c.Pos, nil
 		}
 	}
+	if c, ok := l.byUse(name, cands); ok {
+		return c.Pos, nil
+	}
 	c, err := l.nearest(name, cands, k)
 	if err != nil {
 		return 0, err
 	}
 	return c.Pos, nil
+}
+
+// byUse picks, among cands, the definition of the object's static name
+// that the guest's copy of one of the object's functions refers to: the
+// function is located by its code, and its relocated field, which the
+// image holds linked, says where the static is. It needs a linked image
+// (vmlinux: a module's fields are unknown until it loads).
+func (l *locator) byUse(name string, cands []kimage.Symbol) (kimage.Symbol, bool) {
+	target := l.orig.lookup(name)
+	if target == nil {
+		return kimage.Symbol{}, false
+	}
+	for _, f := range l.orig.syms {
+		if !f.defined() || f.typ != elf.STT_FUNC || f.size == 0 {
+			continue
+		}
+		for _, r := range f.sec.relocsIn(f.value, f.value+f.size) {
+			// The static itself, or its section (gas turns references
+			// to local symbols into section+offset).
+			var base uint64
+			switch {
+			case r.sym == target:
+			case r.sym != nil && r.sym.typ == elf.STT_SECTION && r.sym.sec == target.sec:
+				base = target.value
+			default:
+				continue
+			}
+			width := uint64(4)
+			switch r.typ {
+			case elf.R_X86_64_PC32, elf.R_X86_64_PLT32, elf.R_X86_64_32S, elf.R_X86_64_32:
+			case elf.R_X86_64_64:
+				width = 8
+			default:
+				continue
+			}
+			c, err := l.function(f)
+			if err != nil {
+				break // not located: try another function
+			}
+			code, unknown, ok := l.h.code(c, f.size)
+			at := r.off - f.value
+			if !ok || at+width > uint64(len(code)) || len(unknown) == len(code) && slices.Contains(unknown[at:at+width], true) {
+				break
+			}
+			var field int64
+			if width == 8 {
+				field = int64(binary.LittleEndian.Uint64(code[at:]))
+			} else if r.typ == elf.R_X86_64_32 {
+				field = int64(binary.LittleEndian.Uint32(code[at:]))
+			} else {
+				field = int64(int32(binary.LittleEndian.Uint32(code[at:])))
+			}
+			// field = S + A (- P): S is where the symbol of the relocation is.
+			sym := uint64(field - r.addend)
+			if r.pcRelative() {
+				sym += c.Addr + at
+			}
+			for _, cand := range cands {
+				if cand.Addr == sym+base {
+					return cand, true
+				}
+			}
+		}
+	}
+	return kimage.Symbol{}, false
 }
 
 // nearest picks, among cands, the definition that lies among the object's
