@@ -15,12 +15,15 @@ type ApplyRequest struct {
 	KO      []byte   `json:"ko"` // the patch module (base64 in JSON)
 	Wait    bool     `json:"wait,omitempty"`
 	Timeout Duration `json:"timeout,omitempty"`
+	// KickAfter: patch.Options.KickAfter (0: the default, negative: never).
+	KickAfter Duration `json:"kick_after,omitempty"`
 }
 
 // RollbackRequest is the body of POST /patches/{id}/rollback.
 type RollbackRequest struct {
-	Wait    bool     `json:"wait,omitempty"`
-	Timeout Duration `json:"timeout,omitempty"`
+	Wait      bool     `json:"wait,omitempty"`
+	Timeout   Duration `json:"timeout,omitempty"`
+	KickAfter Duration `json:"kick_after,omitempty"`
 }
 
 // engineView creates the patch engine on first use.
@@ -53,7 +56,7 @@ func (s *Server) postPatch(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusInternalServerError, err)
 		return
 	}
-	p, err := e.Apply(context.WithoutCancel(r.Context()), req.KO, patch.Options{Wait: req.Wait, Timeout: time.Duration(req.Timeout)})
+	p, err := e.Apply(context.WithoutCancel(r.Context()), req.KO, patch.Options{Wait: req.Wait, Timeout: time.Duration(req.Timeout), KickAfter: time.Duration(req.KickAfter)})
 	if err != nil {
 		fail(w, http.StatusUnprocessableEntity, err)
 		return
@@ -84,7 +87,7 @@ func (s *Server) postRollback(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusInternalServerError, err)
 		return
 	}
-	p, err := e.Rollback(context.WithoutCancel(r.Context()), r.PathValue("id"), patch.Options{Wait: req.Wait, Timeout: time.Duration(req.Timeout)})
+	p, err := e.Rollback(context.WithoutCancel(r.Context()), r.PathValue("id"), patch.Options{Wait: req.Wait, Timeout: time.Duration(req.Timeout), KickAfter: time.Duration(req.KickAfter)})
 	switch {
 	case errors.Is(err, patch.ErrNotFound):
 		fail(w, http.StatusNotFound, err)

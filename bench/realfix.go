@@ -132,8 +132,11 @@ func RunRealFix(ctx context.Context, opts launch.Options, progress io.Writer, cf
 func (g *workloadGuest) realFixCycle(ctx context.Context, o *FixOutcome, ko []byte, cfg RealFixConfig) error {
 	for _, mod := range o.Modules {
 		res, err := g.m.Exec(ctx, "modprobe", mod)
-		if err != nil || res.Status != 0 {
-			return fmt.Errorf("load module %s: %v%s", mod, err, guestOutput(res))
+		if err != nil {
+			return fmt.Errorf("load module %s: %w", mod, err)
+		}
+		if res.Status != 0 {
+			return fmt.Errorf("load module %s: modprobe exit status %d%s", mod, res.Status, guestOutput(res))
 		}
 	}
 	var err error

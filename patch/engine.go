@@ -68,10 +68,26 @@ type Options struct {
 	// Timeout passes; the transition goes on in the background either way.
 	Wait    bool
 	Timeout time.Duration
+	// KickAfter is how long the transition waits for the tasks that hold
+	// it (asleep in an old function, or in patch code while rolling back)
+	// before it kicks them (kick.go); 0 means DefaultKickAfter, a negative
+	// value never.
+	KickAfter time.Duration
 }
 
 // DefaultTimeout bounds Wait when Options.Timeout is zero.
 const DefaultTimeout = 30 * time.Second
+
+// kickAfter is o's grace period before kicking; 0 for never.
+func (o Options) kickAfter() time.Duration {
+	switch {
+	case o.KickAfter == 0:
+		return DefaultKickAfter
+	case o.KickAfter < 0:
+		return 0
+	}
+	return o.KickAfter
+}
 
 // New prepares an engine for the kernel k of machine m.
 func New(m *vmm.Machine, k *introspect.Kernel, log *slog.Logger) (*Engine, error) {
@@ -106,14 +122,14 @@ func (e *Engine) Close() {
 // tracks the update until it commits. Refusals happen before anything is
 // written to the guest; a failure after that undoes what was written.
 func (e *Engine) Apply(ctx context.Context, ko []byte, o Options) (*Patch, error) {
-	p, err := e.apply(ctx, ko)
+	p, err := e.apply(ctx, ko, o)
 	if err != nil {
 		return nil, err
 	}
 	return p, e.wait(p, o)
 }
 
-func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
+func (e *Engine) apply(ctx context.Context, ko []byte, o Options) (*Patch, error) {
 	mod, err := loader.Parse(ko)
 	if err != nil {
 		return nil, fmt.Errorf("apply: %w", err)
@@ -163,7 +179,7 @@ func (e *Engine) apply(ctx context.Context, ko []byte) (*Patch, error) {
 		history: []Event{{State: StateLoading, At: time.Now()}}, done: make(chan struct{}),
 		rt: img.Runtime, shell: img.Shell, data: dataItems(img), callbacks: img.Callbacks,
 		threadSeen: map[uint64]bool{}, callbackRuns: map[string]int{},
-		hooks: hooks, k: e.k,
+		hooks: hooks, k: e.k, kickAfter: o.kickAfter(), kicked: map[uint64]time.Time{},
 	}
 	for _, w := range img.Warnings {
 		p.warnings = append(p.warnings, fmt.Sprintf("WARN at %s:%d in patch code is a NOP: the kernel knows no bug table for patch code", w.File, w.Line))

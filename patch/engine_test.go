@@ -195,15 +195,16 @@ func noKernelComplaints(t *testing.T, m *vmm.Machine) {
 	}
 }
 
-// TestTerminationWaitsForBlockedTask: a task blocked inside pipe_read
-// keeps the update transitioning, and the API says who; once it exits the
-// update commits. Rolling back waits for tasks blocked in patch code.
+// TestTerminationWaitsForBlockedTask: with kicks off, a task blocked
+// inside pipe_read keeps the update transitioning, and the API says who;
+// once it exits the update commits. Rolling back waits for tasks blocked
+// in patch code.
 func TestTerminationWaitsForBlockedTask(t *testing.T) {
 	r := newRig(t)
 	ko := buildPatch(t, "patch/testdata/hold-pipe-read")
 	pid := r.reader(t)
 
-	p, err := r.e.Apply(context.Background(), ko, patch.Options{Wait: true, Timeout: 2 * time.Second})
+	p, err := r.e.Apply(context.Background(), ko, patch.Options{Wait: true, Timeout: 2 * time.Second, KickAfter: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +234,7 @@ func TestTerminationWaitsForBlockedTask(t *testing.T) {
 
 	// A reader blocked now waits inside patch code: rollback waits for it.
 	pid = r.reader(t)
-	if _, err := r.e.Rollback(context.Background(), p.ID(), patch.Options{Wait: true, Timeout: 2 * time.Second}); err != nil {
+	if _, err := r.e.Rollback(context.Background(), p.ID(), patch.Options{Wait: true, Timeout: 2 * time.Second, KickAfter: -1}); err != nil {
 		t.Fatal(err)
 	}
 	if st := p.State(); st != patch.StateReverting {
@@ -247,5 +248,53 @@ func TestTerminationWaitsForBlockedTask(t *testing.T) {
 	if st := p.State(); st != patch.StateRolledBack {
 		t.Fatalf("rollback did not finish: %s", st)
 	}
+	noKernelComplaints(t, r.m)
+}
+
+// TestKickReleasesBlockedTask: a sleep asleep inside the old
+// hrtimer_nanosleep holds the update until the grace period ends; then it
+// is kicked, its sleep restarts through hrtimer_nanosleep_restart (outside
+// the old function), the update commits, and the sleep goes on unaware.
+// The same for a rollback, with the sleep asleep in patch code.
+func TestKickReleasesBlockedTask(t *testing.T) {
+	r := newRig(t)
+	ko := buildPatch(t, "patch/testdata/hold-nanosleep")
+	sleeper := func() string {
+		return strings.TrimSpace(r.sh(t, `sleep 100000 >/dev/null 2>&1 & p=$!
+until grep -q '^230 ' /proc/$p/syscall 2>/dev/null && [ "$(cut -d' ' -f3 /proc/$p/stat)" = S ]; do usleep 1000; done; echo $p`))
+	}
+	// The same process, asleep again, in restart_syscall(2) (219): the
+	// kernel restarted its sleep (hrtimer_nanosleep_restart, which
+	// /proc/PID/stack leaves out with the scheduler's functions).
+	check := func(pid, when string) {
+		t.Helper()
+		out := r.sh(t, `until [ "$(cut -d' ' -f3 /proc/`+pid+`/stat)" = S ]; do usleep 1000; done; cut -d' ' -f1 /proc/`+pid+`/syscall`)
+		if out != "219\n" {
+			t.Errorf("%s: the kicked sleep %s is in system call %q, not restart_syscall", when, pid, out)
+		}
+	}
+	opts := patch.Options{Wait: true, Timeout: 30 * time.Second, KickAfter: 50 * time.Millisecond}
+
+	pid := sleeper()
+	p, err := r.e.Apply(context.Background(), ko, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := p.Info()
+	if in.State != patch.StateCommitted || in.Kicks < 1 {
+		t.Fatalf("with sleep %s in hrtimer_nanosleep and kicks after 50 ms: %s after %d kicks, held by %+v", pid, in.State, in.Kicks, in.HeldBy)
+	}
+	t.Logf("committed after %.1f ms, %d kick(s), %d stack checks", in.CommitMS, in.Kicks, in.Checks)
+	check(pid, "after apply")
+
+	pid = sleeper() // asleep in new_hrtimer_nanosleep, in patch code
+	if _, err := r.e.Rollback(context.Background(), p.ID(), opts); err != nil {
+		t.Fatal(err)
+	}
+	if in := p.Info(); in.State != patch.StateRolledBack || in.Kicks < 2 {
+		t.Fatalf("rollback with sleep %s in patch code: %s after %d kicks, held by %+v", pid, in.State, in.Kicks, in.HeldBy)
+	}
+	check(pid, "after rollback")
+	r.sh(t, "pkill sleep; true")
 	noKernelComplaints(t, r.m)
 }

@@ -15,14 +15,14 @@ import (
 // be rolled back, an older one only if no later live patch redirects one of
 // its functions.
 func (e *Engine) Rollback(ctx context.Context, id string, o Options) (*Patch, error) {
-	p, err := e.rollback(ctx, id)
+	p, err := e.rollback(ctx, id, o)
 	if err != nil {
 		return nil, err
 	}
 	return p, e.wait(p, o)
 }
 
-func (e *Engine) rollback(ctx context.Context, id string) (*Patch, error) {
+func (e *Engine) rollback(ctx context.Context, id string, o Options) (*Patch, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var p *Patch
@@ -58,6 +58,7 @@ func (e *Engine) rollback(ctx context.Context, id string) (*Patch, error) {
 	}
 	p.mu.Lock()
 	p.pause = pause
+	p.kickAfter = o.kickAfter()
 	p.setState(StateReverting, fmt.Sprintf("%d functions restored in a %.0f µs pause", len(p.funcs), us(pause)))
 	if st == StateTransitioning {
 		close(p.done) // the apply transition is over: it was reverted

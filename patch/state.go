@@ -72,9 +72,12 @@ type Patch struct {
 	commitAfter time.Duration // from the switch to commit (or to rolled-back)
 	holders     []introspect.Holder
 	checks      int
-	checkErr    string        // the last stack check's failure, if it failed
-	warnings    []string      // WARN sites of the patch that lucos turned into NOPs
-	done        chan struct{} // closed when a transition settles; replaced per transition
+	checkErr    string               // the last stack check's failure, if it failed
+	kickAfter   time.Duration        // the transition's grace period before kicking holders; 0: never
+	kicked      map[uint64]time.Time // holders kicked, by task_struct: when last
+	kicks       int                  // kicks sent, over every transition
+	warnings    []string             // WARN sites of the patch that lucos turned into NOPs
+	done        chan struct{}        // closed when a transition settles; replaced per transition
 
 	// Data updates and callbacks (data.go).
 	rt loader.Runtime // the patch runtime's entry points
@@ -166,6 +169,9 @@ type Info struct {
 	CheckError  string              `json:"check_error,omitempty"`
 	Warnings    []string            `json:"warnings,omitempty"`
 	HeldBy      []introspect.Holder `json:"held_by,omitempty"`
+	// Kicks counts the kicks sent to tasks that held a transition past
+	// its grace period (kick.go).
+	Kicks int `json:"kicks,omitempty"`
 	// Data updates and callbacks.
 	Data         []DataInfo     `json:"data,omitempty"`
 	Watching     bool           `json:"watching,omitempty"`  // watches are in place (the coherence window is open)
@@ -194,7 +200,7 @@ func (p *Patch) Info() Info {
 		ID: p.id, Name: p.name, Description: p.description, BuildID: p.buildID, Release: p.release,
 		State: p.state, Funcs: append([]Func(nil), p.funcs...),
 		LoadPauseUS: us(p.loadPause), PauseUS: us(p.pause),
-		CommitMS: float64(p.commitAfter.Microseconds()) / 1e3, Checks: p.checks, CheckError: p.checkErr, Warnings: p.warnings,
+		CommitMS: float64(p.commitAfter.Microseconds()) / 1e3, Checks: p.checks, CheckError: p.checkErr, Warnings: p.warnings, Kicks: p.kicks,
 		HeldBy: append([]introspect.Holder(nil), p.holders...), History: append([]Event(nil), p.history...),
 		Traps: p.traps.Load(), Transfers: p.transfers.Load(), ShadowsFreed: p.shadowsFreed, TrapError: p.trapErr,
 	}

@@ -19,6 +19,7 @@ const (
 // up on the patch for the API. It returns ctx's error if ctx ends first.
 func (e *Engine) waitClear(ctx context.Context, p *Patch, ranges []introspect.Range) error {
 	delay := firstCheckDelay
+	start := time.Now()
 	for {
 		snap, err := e.k.Snapshot(ctx)
 		if ctx.Err() != nil {
@@ -43,6 +44,7 @@ func (e *Engine) waitClear(ctx context.Context, p *Patch, ranges []introspect.Ra
 		if p.State() == StateTransitioning {
 			e.threadCallbacks(ctx, p, holders)
 		}
+		e.kick(ctx, p, holders, time.Since(start))
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

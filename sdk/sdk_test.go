@@ -14,7 +14,7 @@ func TestRuntimeMatchesHeader(t *testing.T) {
 	if !strings.Contains(runtime, "#include <lucos/patch.h>") {
 		t.Error("lucos_rt.c does not include <lucos/patch.h>")
 	}
-	for _, fn := range []string{"__lucos_call", "__lucos_trampoline", "__lucos_rt_exit", "lucos_shadow_get",
+	for _, fn := range []string{"__lucos_call", "__lucos_trampoline", "__lucos_rt_exit", "__lucos_kick", "lucos_shadow_get",
 		"lucos_shadow_alloc", "lucos_shadow_get_or_alloc", "lucos_shadow_free", "lucos_shadow_free_all"} {
 		decl := regexp.MustCompile(`(?m)^[a-z_][\w\s*]*[\s*]` + fn + `\(`)
 		if !decl.MatchString(header) {

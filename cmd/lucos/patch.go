@@ -117,6 +117,7 @@ type patchFlags struct {
 	apiSock string
 	wait    bool
 	timeout time.Duration
+	kick    time.Duration
 	asJSON  bool
 }
 
@@ -124,7 +125,17 @@ func (f *patchFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.apiSock, "api-sock", "", "control API socket of the VM")
 	cmd.Flags().BoolVar(&f.wait, "wait", false, "wait until the update settles (committed / rolled back)")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", patch.DefaultTimeout, "with --wait: give up waiting after this long (the update goes on)")
+	cmd.Flags().DurationVar(&f.kick, "kick-after", patch.DefaultKickAfter,
+		"kick the tasks that still hold the transition after this long (asleep in an old function: their system call restarts through the new code, as Linux livepatch's signals do); 0: never")
 	cmd.Flags().BoolVar(&f.asJSON, "json", false, "print the patch as JSON")
+}
+
+// kickAfter is the flag as the API takes it: 0 there means the default.
+func (f *patchFlags) kickAfter() api.Duration {
+	if f.kick <= 0 {
+		return api.Duration(-1)
+	}
+	return api.Duration(f.kick)
 }
 
 func (f *patchFlags) client() (*api.Client, error) { return apiClient(f.apiSock) }
@@ -206,7 +217,7 @@ commit. Nothing is written to the guest if the patch is refused.`,
 				return err
 			}
 			return f.run(func(c *api.Client) (*patch.Info, error) {
-				return c.Apply(cmd.Context(), api.ApplyRequest{KO: ko, Wait: f.wait, Timeout: api.Duration(f.timeout)})
+				return c.Apply(cmd.Context(), api.ApplyRequest{KO: ko, Wait: f.wait, Timeout: api.Duration(f.timeout), KickAfter: f.kickAfter()})
 			})
 		},
 	}
@@ -225,7 +236,7 @@ rolled back; an older one only if no later patch changes the same functions.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return f.run(func(c *api.Client) (*patch.Info, error) {
-				return c.Rollback(cmd.Context(), args[0], api.RollbackRequest{Wait: f.wait, Timeout: api.Duration(f.timeout)})
+				return c.Rollback(cmd.Context(), args[0], api.RollbackRequest{Wait: f.wait, Timeout: api.Duration(f.timeout), KickAfter: f.kickAfter()})
 			})
 		},
 	}

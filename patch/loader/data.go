@@ -36,6 +36,7 @@ const (
 	rtCall       = "__lucos_call"
 	rtTrampoline = "__lucos_trampoline"
 	rtExit       = "__lucos_rt_exit"
+	rtKick       = "__lucos_kick" // optional: older runtimes lack it
 	rtDone       = "__lucos_call_done"
 )
 
@@ -238,7 +239,7 @@ func (m *Module) readCallbacks() error {
 // readRuntime finds the runtime's entry points, which a patch with data
 // updates or callbacks needs.
 func (m *Module) readRuntime() error {
-	for _, name := range []string{rtCall, rtTrampoline, rtExit, rtDone} {
+	for _, name := range []string{rtCall, rtTrampoline, rtExit, rtDone, rtKick} {
 		want, perm := elf.STT_FUNC, RX
 		if name == rtDone {
 			want, perm = elf.STT_OBJECT, RW
@@ -539,7 +540,7 @@ func (l *linker) linkRuntime() error {
 		}
 		return 0
 	}
-	l.runtime = Runtime{Call: addr(rtCall), Trampoline: addr(rtTrampoline), Exit: addr(rtExit), Done: addr(rtDone)}
+	l.runtime = Runtime{Call: addr(rtCall), Trampoline: addr(rtTrampoline), Exit: addr(rtExit), Done: addr(rtDone), Kick: addr(rtKick)}
 	return nil
 }
 

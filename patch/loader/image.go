@@ -86,6 +86,7 @@ type Runtime struct {
 	Trampoline uint64 // __lucos_trampoline: where it returns to
 	Exit       uint64 // __lucos_rt_exit: frees the patch's shadows
 	Done       uint64 // __lucos_call_done: the trampoline stores the result here (lucos watches it)
+	Kick       uint64 // __lucos_kick(pid, task): makes a sleeping task leave an old function; 0 if absent
 }
 
 // JumpSite is one static branch in patch code, set from its key's state at

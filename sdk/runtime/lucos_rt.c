@@ -13,9 +13,11 @@
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/notifier.h>
+#include <linux/pid_namespace.h>
 #include <linux/overflow.h>
 #include <linux/rbtree_latch.h>
 #include <linux/rcupdate.h>
+#include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/string.h>
@@ -189,6 +191,29 @@ void lucos_shadow_free_all(unsigned long id)
 int __lucos_rt_exit(void)
 {
 	return lucos_shadow_remove(0, false);
+}
+
+/*
+ * Runs as a guest call, like an interrupt handler: the interrupted context
+ * had interrupts on, so it holds no runqueue or pi lock, and waking a task
+ * is safe here as from any interrupt.
+ */
+long __lucos_kick(unsigned long pid, unsigned long task)
+{
+	struct task_struct *t;
+	long kicked = 0;
+
+	rcu_read_lock();
+	t = find_task_by_pid_ns((pid_t)pid, &init_pid_ns);
+	if (t && (unsigned long)t == task) {
+		if (t->flags & PF_KTHREAD)
+			wake_up_state(t, TASK_INTERRUPTIBLE);
+		else
+			set_notify_signal(t);
+		kicked = 1;
+	}
+	rcu_read_unlock();
+	return kicked;
 }
 
 /*

@@ -265,6 +265,16 @@ unsigned long __lucos_call(unsigned long (*fn)(unsigned long, unsigned long, uns
 void __noreturn __lucos_trampoline(void);
 extern unsigned long __lucos_call_done;
 int __lucos_rt_exit(void);
+/*
+ * For lucos only: __lucos_kick makes a task asleep inside an old function
+ * leave it, as Linux livepatch's klp_send_signals does: a user task gets
+ * TIF_NOTIFY_SIGNAL (an interruptible sleep ends, the system call is
+ * restarted through the new code, no signal is delivered), a kernel
+ * thread a wake-up from TASK_INTERRUPTIBLE. pid and task come from lucos'
+ * snapshot: the task is kicked only if pid still names it. Returns 1 if
+ * kicked, 0 if the task has gone.
+ */
+long __lucos_kick(unsigned long pid, unsigned long task);
 
 /*
  * For lucos only: the module shell. The runtime registers the patch with
