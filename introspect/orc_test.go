@@ -106,3 +106,31 @@ func TestUnwindSynthetic(t *testing.T) {
 		t.Errorf("cut stack: %v", tr.Err)
 	}
 }
+
+// The unwinder reads what the guest wrote: any stack and any ORC table
+// must end in a trace or an error, never a panic or a loop.
+func FuzzUnwind(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 0, 8, 0, 0, 0, 5, 0}, make([]byte, 64), uint16(0))
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0x59, 1}, make([]byte, 256), uint16(8))
+	f.Fuzz(func(t *testing.T, orc, stack []byte, ipOff uint16) {
+		const text, tabAddr, base = 0xffffffff81000000, 0xffffffff82000000, 0xffffc90000010000
+		// orc: records of a 4-byte ip offset from text and a 6-byte entry.
+		var ipRaw, orcRaw []byte
+		for i := 0; i+10 <= len(orc) && i < 10*64; i += 10 {
+			ip := text + uint64(binary.LittleEndian.Uint32(orc[i:]))&0xfff
+			ipRaw = binary.LittleEndian.AppendUint32(ipRaw, uint32(int32(int64(ip-(tabAddr+uint64(len(ipRaw)))))))
+			orcRaw = append(orcRaw, orc[i+4:i+10]...)
+		}
+		tab, err := parseORC(format61, tabAddr, ipRaw, orcRaw, text, text+0x1000)
+		if err != nil {
+			return // unsorted: the kernel's tables are sorted, lucos refuses others
+		}
+		regs := ptRegs{size: 168, bp: 32, r10: 56, r13: 16, di: 112, dx: 96, ip: 128, cs: 136, sp: 152}
+		u := &unwinder{o: &orcState{vmlinux: tab, regs: regs}, copies: []stackCopy{{base: base, data: stack}}}
+		u.ip, u.sp = text+uint64(ipOff&0xfff), base
+		tr := u.run(Frame{IP: u.ip})
+		if len(tr.Frames) > maxFrames {
+			t.Fatalf("%d frames", len(tr.Frames))
+		}
+	})
+}

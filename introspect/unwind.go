@@ -86,7 +86,7 @@ func (u *unwinder) at(ip uint64) string {
 // outside the copies taken while the VM was paused.
 func (u *unwinder) read64(addr uint64) (uint64, bool) {
 	for _, c := range u.copies {
-		if addr >= c.base && addr+8 <= c.base+uint64(len(c.data)) {
+		if addr >= c.base && addr-c.base+8 <= uint64(len(c.data)) { // no wrap near 2^64
 			return binary.LittleEndian.Uint64(c.data[addr-c.base:]), true
 		}
 	}
@@ -96,7 +96,7 @@ func (u *unwinder) read64(addr uint64) (uint64, bool) {
 // copyOf is the index of the copy holding addr, or -1.
 func (u *unwinder) copyOf(addr uint64) int {
 	for i, c := range u.copies {
-		if addr >= c.base && addr < c.base+uint64(len(c.data)) {
+		if addr >= c.base && addr-c.base < uint64(len(c.data)) {
 			return i
 		}
 	}
