@@ -15,7 +15,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio e2fsprogs gcc gcc-12 make li
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GOTESTFLAGS ?= -count=1 -timeout 80m
 
-.PHONY: all deps build guest demo test test-unit bench clean fmt vet
+.PHONY: all deps build guest demo test test-unit bench fuzz clean fmt vet
 
 all: build
 
@@ -51,6 +51,17 @@ test: guest
 
 test-unit: build
 	$(GO) test -count=1 -short ./...
+
+# Every go test -fuzz target of the project, FUZZTIME each (new corpus
+# entries land in the packages' testdata/fuzz; commit the crashers).
+FUZZTIME ?= 1m
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+			echo "== $$pkg $$f ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
 
 # Every benchmark scenario on fresh guests (~20 min on 2 cores, TCG), then
 # docs/BENCHMARKS.md and its figures (docs/bench/*.svg) regenerated from
