@@ -15,8 +15,12 @@ type ApplyRequest struct {
 	KO      []byte   `json:"ko"` // the patch module (base64 in JSON)
 	Wait    bool     `json:"wait,omitempty"`
 	Timeout Duration `json:"timeout,omitempty"`
-	// KickAfter: patch.Options.KickAfter (0: the default, negative: never).
+	// KickAfter: patch.Options.KickAfter; 0 (omitted) means
+	// patch.DefaultKickAfter, negative never.
 	KickAfter Duration `json:"kick_after,omitempty"`
+	// Replace: patch.Options.Replace, a cumulative patch that takes over
+	// every live one in its switch pause.
+	Replace bool `json:"replace,omitempty"`
 }
 
 // RollbackRequest is the body of POST /patches/{id}/rollback.
@@ -56,7 +60,7 @@ func (s *Server) postPatch(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusInternalServerError, err)
 		return
 	}
-	p, err := e.Apply(context.WithoutCancel(r.Context()), req.KO, patch.Options{Wait: req.Wait, Timeout: time.Duration(req.Timeout), KickAfter: time.Duration(req.KickAfter)})
+	p, err := e.Apply(context.WithoutCancel(r.Context()), req.KO, patch.Options{Wait: req.Wait, Timeout: time.Duration(req.Timeout), KickAfter: kickAfter(req.KickAfter), Replace: req.Replace})
 	if err != nil {
 		fail(w, http.StatusUnprocessableEntity, err)
 		return
@@ -87,7 +91,7 @@ func (s *Server) postRollback(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusInternalServerError, err)
 		return
 	}
-	p, err := e.Rollback(context.WithoutCancel(r.Context()), r.PathValue("id"), patch.Options{Wait: req.Wait, Timeout: time.Duration(req.Timeout), KickAfter: time.Duration(req.KickAfter)})
+	p, err := e.Rollback(context.WithoutCancel(r.Context()), r.PathValue("id"), patch.Options{Wait: req.Wait, Timeout: time.Duration(req.Timeout), KickAfter: kickAfter(req.KickAfter)})
 	switch {
 	case errors.Is(err, patch.ErrNotFound):
 		fail(w, http.StatusNotFound, err)
@@ -96,4 +100,13 @@ func (s *Server) postRollback(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, p.Info())
 	}
+}
+
+// kickAfter maps the API's kick_after (0: the default) to the engine's
+// (0: never).
+func kickAfter(d Duration) time.Duration {
+	if d == 0 {
+		return patch.DefaultKickAfter
+	}
+	return time.Duration(d)
 }

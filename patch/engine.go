@@ -1,6 +1,7 @@
 package patch
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -68,10 +69,19 @@ type Options struct {
 	// Timeout passes; the transition goes on in the background either way.
 	Wait    bool
 	Timeout time.Duration
+	// Replace (apply only) makes the patch cumulative, as klp's atomic
+	// replace: in its switch pause it takes over every live patch — the
+	// functions it replaces chain over theirs, the ones it does not are
+	// restored to the original — and those patches are released (freed
+	// once no thread runs their code). Rolling it back restores the
+	// original kernel.
+	Replace bool
 	// KickAfter is how long the transition waits for the tasks that hold
 	// it (asleep in an old function, or in patch code while rolling back)
-	// before it kicks them (kick.go); 0 means DefaultKickAfter, a negative
-	// value never.
+	// before it kicks them (kick.go); 0 or negative: never. The API and
+	// the CLI kick after DefaultKickAfter unless told otherwise; the
+	// engine itself only when asked, so that a caller that holds a
+	// transition open on purpose (a coherence window) keeps it.
 	KickAfter time.Duration
 }
 
@@ -79,15 +89,7 @@ type Options struct {
 const DefaultTimeout = 30 * time.Second
 
 // kickAfter is o's grace period before kicking; 0 for never.
-func (o Options) kickAfter() time.Duration {
-	switch {
-	case o.KickAfter == 0:
-		return DefaultKickAfter
-	case o.KickAfter < 0:
-		return 0
-	}
-	return o.KickAfter
-}
+func (o Options) kickAfter() time.Duration { return max(o.KickAfter, 0) }
 
 // New prepares an engine for the kernel k of machine m.
 func New(m *vmm.Machine, k *introspect.Kernel, log *slog.Logger) (*Engine, error) {
@@ -136,6 +138,11 @@ func (e *Engine) apply(ctx context.Context, ko []byte, o Options) (*Patch, error
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	for _, q := range e.patches {
+		if st := q.State(); (st == StateTransitioning || st == StateCommitted) && q.buildID == mod.BuildID && mod.BuildID != "" {
+			return nil, fmt.Errorf("apply %s: %w: the same patch (build id %s) is live as patch %s: its functions are already redirected", mod.Name, ErrTargetChanged, mod.BuildID, q.id)
+		}
+	}
 	s, err := e.allocSlot()
 	if err != nil {
 		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
@@ -151,6 +158,13 @@ func (e *Engine) apply(ctx context.Context, ko []byte, o Options) (*Patch, error
 	funcs, err := e.checkFuncs(img)
 	if err != nil {
 		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
+	}
+	var replaced []*Patch
+	var unredirect []Func
+	if o.Replace {
+		if replaced, unredirect, err = e.replacing(funcs); err != nil {
+			return nil, fmt.Errorf("apply %s --replace: %w", mod.Name, err)
+		}
 	}
 	// Function callbacks: stubs on the two pages after the patch's own.
 	end := s.va + 4096
@@ -211,13 +225,32 @@ func (e *Engine) apply(ctx context.Context, ko []byte, o Options) (*Patch, error
 	}
 	// Switch: transfers, watches, hooks and jumps, all in one pause.
 	switchAt := time.Now()
-	p.pause, err = e.m.WithPaused(ctx, func(g *gdbstub.Client) error { return e.switchIn(ctx, g, p) })
+	p.pause, err = e.m.WithPaused(ctx, func(g *gdbstub.Client) error {
+		if err := e.switchIn(ctx, g, p); err != nil {
+			return err
+		}
+		if err := e.restore(g, unredirect); err != nil {
+			e.traps.dropWatches(g, p)
+			return e.undoInstall(g, p.funcs, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, e.abort(ctx, p, fmt.Errorf("apply %s: %w", p.name, err))
 	}
 	p.mu.Lock()
-	p.setState(StateTransitioning, fmt.Sprintf("%d functions redirected in a %.0f µs pause", len(funcs), us(p.pause)))
+	note := fmt.Sprintf("%d functions redirected in a %.0f µs pause", len(funcs), us(p.pause))
+	if o.Replace {
+		note += fmt.Sprintf(", replacing %d patch(es), %d function(s) restored", len(replaced), len(unredirect))
+	}
+	p.setState(StateTransitioning, note)
 	p.mu.Unlock()
+	for _, q := range replaced {
+		q.mu.Lock()
+		q.setState(StateReverting, "replaced by patch "+p.id)
+		q.mu.Unlock()
+		go e.release(q, switchAt)
+	}
 	e.log.Info("patch applied", "id", p.id, "name", p.name, "pause", p.pause, "load_pause", p.loadPause)
 
 	go e.terminate(p, switchAt)
@@ -231,10 +264,20 @@ func (e *Engine) checkFuncs(img *loader.Image) ([]Func, error) {
 	live := e.liveFuncs()
 	var funcs []Func
 	for _, f := range img.Funcs {
+		nf := Func{Name: f.Old.Name, Pos: f.Old.Pos, OldAddr: f.OldAddr, OldSize: f.Old.Size, New: f.New, NewSize: f.NewSize,
+			Orig: append([]byte(nil), f.OldEntry[:]...)}
 		if id, ok := live[f.OldAddr]; ok {
-			return nil, fmt.Errorf("%w: %s is already redirected by patch %s", ErrTargetChanged, f.Old.Name, id)
+			below := e.byID(id)
+			bf, top := below.topFunc(f.OldAddr)
+			switch {
+			case below.State() != StateCommitted:
+				return nil, fmt.Errorf("%w: %s is redirected by patch %s, which is still %s: apply again once it has committed", ErrTargetChanged, f.Old.Name, id, below.State())
+			case !top || !bytes.Equal(nf.Orig, mustJmp(f.OldAddr, bf.New)):
+				return nil, fmt.Errorf("%w: %s is already redirected by patch %s", ErrTargetChanged, f.Old.Name, id)
+			}
+			nf.Below, nf.BelowNew, nf.BelowSize = id, bf.New, bf.NewSize
 		}
-		funcs = append(funcs, Func{Name: f.Old.Name, Pos: f.Old.Pos, OldAddr: f.OldAddr, OldSize: f.Old.Size, New: f.New, Orig: append([]byte(nil), f.OldEntry[:]...)})
+		funcs = append(funcs, nf)
 	}
 	for _, cb := range img.Callbacks {
 		if id, ok := live[cb.SymAddr]; ok && cb.Spec.Kind == loader.CallbackFunc {
@@ -247,16 +290,98 @@ func (e *Engine) checkFuncs(img *loader.Image) ([]Func, error) {
 // liveFuncs maps the entry of every function a live patch redirects (or
 // hooks) to that patch's id.
 // Precondition: e.mu is held.
+// A reverting patch's jumps are gone already: its functions are free
+// for the next patch while its code drains.
 func (e *Engine) liveFuncs() map[uint64]string {
 	live := map[uint64]string{}
 	for _, q := range e.patches {
-		if st := q.State(); st == StateTransitioning || st == StateCommitted || st == StateReverting {
+		if st := q.State(); st == StateTransitioning || st == StateCommitted {
 			for _, f := range q.funcs {
 				live[f.OldAddr] = q.id
 			}
 		}
 	}
 	return live
+}
+
+// replacing prepares a cumulative apply of funcs: every live patch is
+// replaced. It returns them and the redirects of theirs that funcs does not
+// take over, to restore to the original (the bottom patch's Orig) in the
+// switch pause; funcs' chained entries roll back to the original too.
+// Precondition: e.mu is held.
+func (e *Engine) replacing(funcs []Func) ([]*Patch, []Func, error) {
+	var replaced []*Patch
+	for _, q := range e.patches {
+		switch q.State() {
+		case StateCommitted:
+		case StateTransitioning:
+			return nil, nil, fmt.Errorf("%w: patch %s is still transitioning: apply again once it has committed", ErrBadState, q.id)
+		default:
+			continue
+		}
+		if len(q.data) > 0 {
+			return nil, nil, fmt.Errorf("%w: patch %s has data updates (LUCOS_DATA), whose new instances a cumulative patch cannot take over: roll it back first", ErrBadState, q.id)
+		}
+		replaced = append(replaced, q)
+	}
+	taken := map[uint64]bool{}
+	for i := range funcs {
+		taken[funcs[i].OldAddr] = true
+	}
+	bottom := map[uint64][]byte{} // the original entry of each redirected function
+	top := map[uint64]Func{}      // and the redirect in place now
+	var order []uint64
+	for _, q := range replaced {
+		for _, f := range q.funcs {
+			if _, ok := bottom[f.OldAddr]; !ok {
+				bottom[f.OldAddr] = f.expect()
+				order = append(order, f.OldAddr)
+			}
+			top[f.OldAddr] = f
+		}
+	}
+	for i := range funcs {
+		if b, ok := bottom[funcs[i].OldAddr]; ok {
+			funcs[i].Expect, funcs[i].Orig = funcs[i].Orig, b
+		}
+	}
+	var restore []Func
+	for _, addr := range order {
+		if !taken[addr] {
+			f := top[addr]
+			f.Orig = bottom[addr] // restore checks the jump to f.New, writes the original
+			restore = append(restore, f)
+		}
+	}
+	return replaced, restore, nil
+}
+
+// byID is the patch id. Precondition: e.mu is held.
+func (e *Engine) byID(id string) *Patch {
+	for _, q := range e.patches {
+		if q.id == id {
+			return q
+		}
+	}
+	return nil
+}
+
+// topFunc is p's redirect of the function at addr; ok is false for a
+// function callback's hook, which nothing may chain over.
+func (p *Patch) topFunc(addr uint64) (Func, bool) {
+	for _, f := range p.funcs {
+		if f.OldAddr == addr && !f.Hook {
+			return f, true
+		}
+	}
+	return Func{}, false
+}
+
+// mustJmp is jmpTo for addresses known to be in range (both in the
+// kernel-image window), or nil.
+func mustJmp(from, to uint64) []byte {
+	b, _ := jmpTo(from, to)
+	return b
 }
 
 // terminate runs in the background after a switch: once no thread is inside
@@ -384,6 +509,19 @@ func (e *Engine) wait(p *Patch, o Options) error {
 		case <-deadline:
 			return nil
 		}
+	}
+}
+
+// Wait blocks until p's transition settles (committed, rolled back,
+// failed), timeout passes, or ctx ends.
+func (e *Engine) Wait(ctx context.Context, p *Patch, timeout time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- e.wait(p, Options{Wait: true, Timeout: timeout}) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -195,7 +196,7 @@ func noKernelComplaints(t *testing.T, m *vmm.Machine) {
 	}
 }
 
-// TestTerminationWaitsForBlockedTask: with kicks off, a task blocked
+// TestTerminationWaitsForBlockedTask: without kicks, a task blocked
 // inside pipe_read keeps the update transitioning, and the API says who;
 // once it exits the update commits. Rolling back waits for tasks blocked
 // in patch code.
@@ -204,7 +205,7 @@ func TestTerminationWaitsForBlockedTask(t *testing.T) {
 	ko := buildPatch(t, "patch/testdata/hold-pipe-read")
 	pid := r.reader(t)
 
-	p, err := r.e.Apply(context.Background(), ko, patch.Options{Wait: true, Timeout: 2 * time.Second, KickAfter: -1})
+	p, err := r.e.Apply(context.Background(), ko, patch.Options{Wait: true, Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +235,7 @@ func TestTerminationWaitsForBlockedTask(t *testing.T) {
 
 	// A reader blocked now waits inside patch code: rollback waits for it.
 	pid = r.reader(t)
-	if _, err := r.e.Rollback(context.Background(), p.ID(), patch.Options{Wait: true, Timeout: 2 * time.Second, KickAfter: -1}); err != nil {
+	if _, err := r.e.Rollback(context.Background(), p.ID(), patch.Options{Wait: true, Timeout: 2 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	if st := p.State(); st != patch.StateReverting {
@@ -296,5 +297,94 @@ until grep -q '^230 ' /proc/$p/syscall 2>/dev/null && [ "$(cut -d' ' -f3 /proc/$
 	}
 	check(pid, "after rollback")
 	r.sh(t, "pkill sleep; true")
+	noKernelComplaints(t, r.m)
+}
+
+// TestPatchStacking: a second patch replaces a function that a committed
+// one already replaces, chaining over it; the lower one cannot be rolled
+// back first; rolling back the upper one brings the lower one's version
+// back, then the original. /proc/cmdline says which version runs.
+func TestPatchStacking(t *testing.T) {
+	r := newRig(t)
+	lower := buildPatch(t, "examples/patches/cmdline-string") // " lucos-patched"
+	upper := buildPatch(t, "examples/patches/static-call")    // " lucos-inodes=N"
+	orig := r.sh(t, "cat /proc/cmdline")
+	cmdline := func() string { return r.sh(t, "cat /proc/cmdline") }
+
+	a := r.apply(t, lower)
+	if got := cmdline(); got != strings.TrimSuffix(orig, "\n")+" lucos-patched\n" {
+		t.Fatalf("with the lower patch: %q", got)
+	}
+	b := r.apply(t, upper)
+	in := b.Info()
+	if in.State != patch.StateCommitted || len(in.Funcs) != 1 || in.Funcs[0].Below != a.ID() {
+		t.Fatalf("upper patch: %s, funcs %+v", in.State, in.Funcs)
+	}
+	if got := cmdline(); !strings.Contains(got, " lucos-inodes=") || strings.Contains(got, "lucos-patched") {
+		t.Fatalf("with both patches: %q", got)
+	}
+	if _, err := r.e.Rollback(context.Background(), a.ID(), patch.Options{Wait: true}); !errors.Is(err, patch.ErrStackOrder) {
+		t.Fatalf("rolling back the lower patch first: %v", err)
+	}
+	r.rollback(t, b)
+	if got := cmdline(); got != strings.TrimSuffix(orig, "\n")+" lucos-patched\n" {
+		t.Fatalf("after rolling back the upper patch: %q", got)
+	}
+	// The function is the lower patch's again: a third patch chains over it.
+	c := r.apply(t, upper)
+	r.rollback(t, c)
+	r.rollback(t, a)
+	if got := cmdline(); got != orig {
+		t.Fatalf("after rolling back both: %q, want %q", got, orig)
+	}
+	noKernelComplaints(t, r.m)
+}
+
+// TestAtomicReplace: a cumulative patch takes over two live ones in one
+// pause: the function it replaces runs its version, the one it does not
+// is the original again, and both earlier patches are released; rolling
+// it back restores the original kernel.
+func TestAtomicReplace(t *testing.T) {
+	r := newRig(t)
+	cmdA := buildPatch(t, "examples/patches/cmdline-string") // cmdline_proc_show
+	memX := buildPatch(t, "examples/patches/meminfo-string") // meminfo_proc_show
+	cmdC := buildPatch(t, "examples/patches/static-call")    // cmdline_proc_show
+	cmdline := func() string { return r.sh(t, "cat /proc/cmdline") }
+	memPatched := func() bool { return strings.Contains(r.sh(t, "cat /proc/meminfo"), "LucosPatched:") }
+	origCmd := cmdline()
+
+	a := r.apply(t, cmdA)
+	x := r.apply(t, memX)
+	if !memPatched() || !strings.Contains(cmdline(), "lucos-patched") {
+		t.Fatal("the two patches did not take effect")
+	}
+	c, err := r.e.Apply(context.Background(), cmdC, patch.Options{Wait: true, Timeout: time.Minute, Replace: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in := c.Info(); in.State != patch.StateCommitted || in.Funcs[0].Below != a.ID() {
+		t.Fatalf("cumulative patch: %s, funcs %+v", in.State, in.Funcs)
+	}
+	if got := cmdline(); !strings.Contains(got, " lucos-inodes=") || strings.Contains(got, "lucos-patched") {
+		t.Errorf("after the replace /proc/cmdline is %q", got)
+	}
+	if memPatched() {
+		t.Error("after the replace /proc/meminfo still has the replaced patch's line")
+	}
+	for _, q := range []*patch.Patch{a, x} {
+		if err := r.e.Wait(context.Background(), q, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if in := q.Info(); in.State != patch.StateRolledBack {
+			t.Errorf("replaced patch %s is %s", q.ID(), in.State)
+		}
+	}
+	r.rollback(t, c)
+	if got := cmdline(); got != origCmd {
+		t.Errorf("after rolling the cumulative patch back /proc/cmdline is %q, want %q", got, origCmd)
+	}
+	if memPatched() {
+		t.Error("after rolling the cumulative patch back /proc/meminfo has the patch's line")
+	}
 	noKernelComplaints(t, r.m)
 }

@@ -22,7 +22,7 @@ import (
 // uninterruptible sleep (D) cannot be kicked; it holds the transition
 // until it wakes. A holder is kicked again after another grace period.
 
-// DefaultKickAfter is the grace period when Options.KickAfter is zero.
+// DefaultKickAfter is the grace period of the API and the CLI.
 const DefaultKickAfter = 250 * time.Millisecond
 
 // kick kicks the holders of p's transition that held it for longer than

@@ -48,7 +48,8 @@ func readEntry(k *introspect.Kernel, va uint64) ([]byte, error) {
 	return b, k.ReadVirt(va, b)
 }
 
-// install writes a jump over the entry of each function, all or nothing.
+// install writes a jump over the entry of each function, all or nothing;
+// each entry must still be what the patch was linked against (f.Orig).
 // Precondition: the VM is paused.
 func (e *Engine) install(g *gdbstub.Client, funcs []Func) error {
 	for i, f := range funcs {
@@ -56,7 +57,7 @@ func (e *Engine) install(g *gdbstub.Client, funcs []Func) error {
 		if err != nil {
 			return e.undoInstall(g, funcs[:i], err)
 		}
-		if !bytes.Equal(cur, ftraceNOP) {
+		if !bytes.Equal(cur, f.expect()) { // the ftrace NOP, or the jump of the patch below
 			err := fmt.Errorf("%w: %s at %#x starts with % x: %s", ErrTargetChanged, f.Name, f.OldAddr, cur, describeEntry(cur))
 			return e.undoInstall(g, funcs[:i], err)
 		}
@@ -71,9 +72,17 @@ func (e *Engine) install(g *gdbstub.Client, funcs []Func) error {
 	return nil
 }
 
+// expect is what f's entry holds before its jump is written.
+func (f Func) expect() []byte {
+	if f.Expect != nil {
+		return f.Expect
+	}
+	return f.Orig
+}
+
 func (e *Engine) undoInstall(g *gdbstub.Client, done []Func, cause error) error {
 	for _, f := range done {
-		if err := e.writeVirt(g, f.OldAddr, f.Orig); err != nil {
+		if err := e.writeVirt(g, f.OldAddr, f.expect()); err != nil {
 			return fmt.Errorf("%w; and restoring %s failed: %v (guest left with a partial redirect)", cause, f.Name, err)
 		}
 	}

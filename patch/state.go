@@ -49,8 +49,21 @@ type Func struct {
 	// Hook: the jump goes to a function-callback stub, and the old body
 	// still runs after it; threads inside it do not hold the update.
 	Hook bool `json:"hook,omitempty"`
-	// Orig is the 5 bytes the jump replaced (the ftrace NOP).
-	Orig []byte `json:"-"`
+	// Orig is the 5 bytes a rollback restores: the ftrace NOP, or the jump
+	// of the patch below (Below); Expect, the 5 bytes the entry holds when
+	// the jump is written (the same, except under Options.Replace, which
+	// chains over the patches below but rolls back to the original).
+	Orig   []byte `json:"-"`
+	Expect []byte `json:"-"`
+	// NewSize is the replacement's size in the patch.
+	NewSize uint64 `json:"new_size,omitempty"`
+	// Below is the committed patch whose replacement this one chains over
+	// (patch stacking): its rollback restores that patch's jump.
+	Below string `json:"chains_over,omitempty"`
+	// BelowNew is that replacement's address, BelowSize its size: the
+	// function a thread must have left for this patch to commit.
+	BelowNew  uint64 `json:"-"`
+	BelowSize uint64 `json:"-"`
 }
 
 // Patch is one loaded patch. Its fields are guarded by mu; read them

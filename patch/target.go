@@ -21,6 +21,16 @@ type target struct {
 	*introspect.Kernel
 	mods  []introspect.Module // the guest's modules, the patches' shells left out
 	names []string            // the names of every module, shells included
+	// chain: the functions a committed patch redirects, with its jump: a
+	// new patch may chain over it (patch stacking).
+	chain map[uint64][5]byte
+}
+
+// ChainsOver reports whether entry is the jump of the committed patch
+// that redirects the function at addr (loader.Chainer).
+func (t *target) ChainsOver(addr uint64, entry [5]byte) bool {
+	j, ok := t.chain[addr]
+	return ok && j == entry
 }
 
 // newTarget reads the guest's module list.
@@ -29,7 +39,15 @@ func (e *Engine) newTarget() (*target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the guest's modules: %w", err)
 	}
-	t := &target{Kernel: e.k}
+	t := &target{Kernel: e.k, chain: map[uint64][5]byte{}}
+	for addr, id := range e.liveFuncs() {
+		q := e.byID(id)
+		if f, ok := q.topFunc(addr); ok && q.State() == StateCommitted {
+			var j [5]byte
+			copy(j[:], mustJmp(addr, f.New))
+			t.chain[addr] = j
+		}
+	}
 	for _, m := range mods {
 		t.names = append(t.names, m.Name)
 		if !e.win.holds(m.Base) {

@@ -54,12 +54,18 @@ func (e *Engine) waitClear(ctx context.Context, p *Patch, ranges []introspect.Ra
 	}
 }
 
-// oldRanges are the old functions' bodies: while a thread is inside one,
+// oldRanges are the old functions' bodies — for a function chained over
+// another patch, that patch's replacement: while a thread is inside one,
 // the update has not terminated.
 func oldRanges(funcs []Func) []introspect.Range {
 	var r []introspect.Range
 	for _, f := range funcs {
-		if !f.Hook {
+		switch {
+		case f.Hook:
+		case f.Below != "":
+			// Chained: the function being replaced is the patch below's.
+			r = append(r, introspect.Range{Start: f.BelowNew, End: f.BelowNew + f.BelowSize})
+		default:
 			r = append(r, introspect.Range{Start: f.OldAddr, End: f.OldAddr + f.OldSize})
 		}
 	}

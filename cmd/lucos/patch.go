@@ -203,13 +203,21 @@ func dataSummary(in *patch.Info) string {
 
 func newPatchApplyCmd() *cobra.Command {
 	var f patchFlags
+	var replace bool
 	cmd := &cobra.Command{
-		Use:   "apply --api-sock PATH FILE.ko [--wait] [--json]",
+		Use:   "apply --api-sock PATH FILE.ko [--wait] [--replace] [--json]",
 		Short: "Apply a patch module to the running guest",
 		Long: `Load FILE.ko into the running guest and redirect its functions. Prints the
 patch id, its state (transitioning until no thread is inside an old function,
 then committed), the guest-visible pause and, once committed, the time to
-commit. Nothing is written to the guest if the patch is refused.`,
+commit. Nothing is written to the guest if the patch is refused.
+
+A function that a committed patch already replaces is replaced again: the new
+patch chains over the old one, and rolling it back brings the old one's
+version back. With --replace the patch is cumulative (Linux livepatch's atomic
+replace): in one pause it takes over every live patch, the functions it does
+not replace go back to the original, and the earlier patches are freed once
+no thread runs their code.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ko, err := os.ReadFile(args[0])
@@ -217,11 +225,12 @@ commit. Nothing is written to the guest if the patch is refused.`,
 				return err
 			}
 			return f.run(func(c *api.Client) (*patch.Info, error) {
-				return c.Apply(cmd.Context(), api.ApplyRequest{KO: ko, Wait: f.wait, Timeout: api.Duration(f.timeout), KickAfter: f.kickAfter()})
+				return c.Apply(cmd.Context(), api.ApplyRequest{KO: ko, Wait: f.wait, Timeout: api.Duration(f.timeout), KickAfter: f.kickAfter(), Replace: replace})
 			})
 		},
 	}
 	f.add(cmd)
+	cmd.Flags().BoolVar(&replace, "replace", false, "cumulative patch: take over every live patch in one pause (atomic replace); what it does not replace goes back to the original")
 	return cmd
 }
 

@@ -110,8 +110,8 @@ func TestLinkDataAndCallbacks(t *testing.T) {
 	if cb := im.Callbacks[7]; cb.Sym.Size != 8 {
 		t.Errorf("the patch's own instance: %+v, want 8 bytes", cb.Sym)
 	}
-	rt := Runtime{Call: sym("__lucos_call"), Trampoline: sym("__lucos_trampoline"), Exit: sym("__lucos_rt_exit"), Done: sym("__lucos_call_done")}
-	if im.Runtime != rt || rt.Call == 0 || rt.Done == 0 {
+	rt := Runtime{Call: sym("__lucos_call"), Trampoline: sym("__lucos_trampoline"), Exit: sym("__lucos_rt_exit"), Done: sym("__lucos_call_done"), Kick: sym("__lucos_kick")}
+	if im.Runtime != rt || rt.Call == 0 || rt.Done == 0 || rt.Kick == 0 {
 		t.Errorf("runtime %+v, want %+v", im.Runtime, rt)
 	}
 	// The trampoline stores rax in __lucos_call_done (the write lucos

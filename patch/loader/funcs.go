@@ -8,6 +8,14 @@ import (
 	"github.com/lucos/lucos/kimage"
 )
 
+// Chainer is a Target that lets a patch replace a function another live
+// patch already replaces: ChainsOver reports whether entry, the bytes at
+// the function's entry addr, is that patch's jump, over which the new one
+// may chain (the engine's patch stacking).
+type Chainer interface {
+	ChainsOver(addr uint64, entry [5]byte) bool
+}
+
 // checkFuncs resolves each LUCOS_REPLACE and checks that the old function
 // can be redirected: a text symbol of at least 5 bytes whose entry is the
 // ftrace NOP. The engine checks the entry again while the guest is paused;
@@ -41,10 +49,12 @@ func (l *linker) checkFuncs() error {
 			return fmt.Errorf("read the entry of %s at %#x: %w", fs.OldName, addr, err)
 		}
 		if entry != ftraceNOP {
-			return refuse(sec, fs.OldName, nil, "%s", entryProblem(entry, addr))
+			if c, ok := l.t.(Chainer); !ok || !c.ChainsOver(addr, entry) {
+				return refuse(sec, fs.OldName, nil, "%s", entryProblem(entry, addr))
+			}
 		}
 		newAddr := l.addr[fs.newSec] + fs.newOff
-		l.funcs = append(l.funcs, Func{Old: sym, OldAddr: addr, OldEntry: entry, New: newAddr, NewName: fs.NewSymbol})
+		l.funcs = append(l.funcs, Func{Old: sym, OldAddr: addr, OldEntry: entry, New: newAddr, NewSize: fs.newSize, NewName: fs.NewSymbol})
 	}
 	return nil
 }

@@ -51,6 +51,7 @@ type Func struct {
 	OldAddr  uint64        // runtime address (KASLR applied)
 	OldEntry [5]byte       // its first bytes as read while linking; rollback restores these
 	New      uint64        // runtime address of the replacement in the patch
+	NewSize  uint64        // its size
 	NewName  string        // the replacement's symbol in the patch
 }
 

@@ -54,8 +54,9 @@ type FuncSpec struct {
 	Pos       int
 	NewSymbol string
 
-	newSec int    // section of the new function
-	newOff uint64 // its offset there
+	newSec  int    // section of the new function
+	newOff  uint64 // its offset there
+	newSize uint64 // its size: its symbol's, else the rest of its section
 }
 
 // SymPos is one LUCOS_SYMPOS: undefined references to Name mean its Pos-th
@@ -540,6 +541,12 @@ func (m *Module) readDescriptors() error {
 			fs.NewSymbol = m.funcAt(sym, addend)
 			if fs.NewSymbol == "" {
 				fs.NewSymbol = fmt.Sprintf("%s+%#x", ns.name, fs.newOff)
+			}
+			fs.newSize = ns.size - fs.newOff
+			for _, s := range m.syms {
+				if s.typ == elf.STT_FUNC && s.shndx == sym.shndx && s.value == fs.newOff && s.size > 0 {
+					fs.newSize = s.size
+				}
 			}
 			key := fmt.Sprintf("%s/%d", fs.OldName, fs.Pos)
 			if seen[key] {
