@@ -306,19 +306,13 @@ func patchOnly(exported map[string]bool, ko, dir string, srcs, prebuilt []string
 		}
 	}
 	for _, obj := range objs {
-		stem := strings.TrimSuffix(obj, ".o")
-		f, err := elf.Open(filepath.Join(dir, stem+".o"))
+		refs, err := undefinedIn(filepath.Join(dir, obj))
 		if err != nil {
 			return nil, err
 		}
-		syms, err := f.Symbols()
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("%s.o: %w", stem, err)
-		}
-		for _, sym := range syms {
-			if sym.Section == elf.SHN_UNDEF && undef[sym.Name] && !exported[sym.Name] {
-				used[sym.Name] = true
+		for name := range refs {
+			if undef[name] && !exported[name] {
+				used[name] = true
 			}
 		}
 	}
