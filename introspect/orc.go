@@ -44,11 +44,11 @@ const (
 type orcType uint8
 
 const (
-	orcUndefined orcType = iota // no unwind information (6.3+: an error)
-	orcEnd                      // the end of the stack (6.3+ type; 6.1: sp_reg undefined with end set)
-	orcCall                     // a call frame: the return address is just below the previous SP
-	orcRegs                     // a full pt_regs at the previous SP
-	orcRegsPartial              // an iret frame (pt_regs from ip on) at the previous SP
+	orcUndefined   orcType = iota // no unwind information (6.3+: an error)
+	orcEnd                        // the end of the stack (6.3+ type; 6.1: sp_reg undefined with end set)
+	orcCall                       // a call frame: the return address is just below the previous SP
+	orcRegs                       // a full pt_regs at the previous SP
+	orcRegsPartial                // an iret frame (pt_regs from ip on) at the previous SP
 )
 
 // orcEntry is one decoded struct orc_entry.
