@@ -221,6 +221,11 @@ type moduleORCLayout struct {
 
 type moduleORCKey struct{ mod, ipTab, num uint64 }
 
+// PrepareUnwind reads the kernel's ORC tables now (a few MB, once) rather
+// than in the first Snapshot; an error means stacks will be scanned
+// conservatively.
+func (k *Kernel) PrepareUnwind() error { return k.initORC().err }
+
 // initORC reads vmlinux's ORC table from the guest, once.
 func (k *Kernel) initORC() *orcState {
 	o := &k.orc

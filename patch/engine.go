@@ -108,6 +108,11 @@ func New(m *vmm.Machine, k *introspect.Kernel, log *slog.Logger) (*Engine, error
 		return nil, fmt.Errorf("patch engine: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	// Termination checks unwind with the kernel's ORC tables: read them
+	// now, not in the first update's first check.
+	if err := k.PrepareUnwind(); err != nil {
+		log.Warn("no exact stacks: termination checks scan every stack word", "err", err)
+	}
 	e := &Engine{entryText: entry, m: m, k: k, win: win, log: log, ctx: ctx, cancel: cancel, trapTimes: vmm.NewPauseLog()}
 	m.SetTrapHandler(e.onTrap)
 	return e, nil
