@@ -20,6 +20,9 @@ import (
 type TaskInfo struct {
 	introspect.Task
 	Frames []string `json:"frames"` // innermost first, symbol+offset
+	// Inexact says why the frames are the stack words that look like
+	// return addresses rather than the ORC unwind's; empty when exact.
+	Inexact string `json:"inexact,omitempty"`
 }
 
 // TasksReply is the reply to GET /tasks.
@@ -82,6 +85,9 @@ func (s *Server) getTasks(w http.ResponseWriter, r *http.Request) {
 	reply := TasksReply{VCPUs: snap.VCPUs, PauseUS: float64(snap.Pause.Nanoseconds()) / 1e3, Slide: fmt.Sprintf("%#x", k.Slide)}
 	for _, t := range snap.Tasks {
 		ti := TaskInfo{Task: t, Frames: []string{}}
+		if tr := snap.Unwind(t.Addr); tr.Err != nil {
+			ti.Inexact = tr.Err.Error()
+		}
 		for _, f := range snap.Frames(t.Addr, framesShown) {
 			ti.Frames = append(ti.Frames, k.FormatAddr(f))
 		}

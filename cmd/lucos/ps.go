@@ -18,8 +18,11 @@ func newPsCmd() *cobra.Command {
 		Short: "List the guest's tasks with their top kernel frames, read from outside",
 		Long: `List every task of the guest kernel, read from guest memory with the VM
 paused for a moment (no help from the guest): pid, thread group, state, CPU,
-command and the innermost kernel frames as symbol+offset. The guest's idle
-tasks (pid 0) and non-leader threads are shown with --all.`,
+command and the innermost kernel frames as symbol+offset. The frames are an
+exact unwind with the guest's own ORC tables; where that is not possible (code
+without ORC data) they are the stack words that look like return addresses,
+and --json says why ("inexact"). The guest's idle tasks (pid 0) and non-leader
+threads are shown with --all.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := apiClient(apiSock)
 			if err != nil {

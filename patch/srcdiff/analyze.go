@@ -124,6 +124,10 @@ func analyze(u *unit, c *comparison, provided map[string]string) (*analysis, err
 		}
 		what := map[status]string{changed: "changed", added: "new"}[st]
 		users := a.users(d)
+		if held := a.heldByData(d, c.dataStatus); st == changed && !d.sec.write() && len(held) > 0 {
+			refused = append(refused, fmt.Sprintf("changed constant %s is referenced by %s, which the diff leaves as is: the kernel reaches the old %s through it, so a copy in the patch would not be live there (an ops table or netlink policy reached through a registered structure); change the referencing data in the diff too, or replace the functions that read it", d.name, strings.Join(held, ", "), d.name))
+			continue
+		}
 		switch {
 		case !d.sec.write():
 			a.fresh[d] = true
@@ -196,6 +200,26 @@ func (a *analysis) users(d *symbol) []*symbol {
 				if !slices.Contains(out, f) {
 					out = append(out, f)
 				}
+				break
+			}
+		}
+	}
+	return out
+}
+
+// heldByData names the unchanged data of the patched object (compareData's
+// named kernel data), other than boot-time data, that points to d: the kernel's copies of it point to the
+// kernel's d.
+func (a *analysis) heldByData(d *symbol, status map[*symbol]status) []string {
+	var out []string
+	for _, e := range a.patched.syms {
+		if st, ok := status[e]; !ok || st != same || e == d || // named kernel data only, as compareData has it
+			strings.HasPrefix(e.sec.name, ".init.") || strings.HasPrefix(e.sec.name, ".exit.") {
+			continue
+		}
+		for _, r := range e.sec.relocsIn(e.value, e.value+max(e.size, 1)) {
+			if a.patched.named(e.sec, r) == d {
+				out = append(out, e.name)
 				break
 			}
 		}

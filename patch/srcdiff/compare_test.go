@@ -216,6 +216,22 @@ int other(int i) { return i; }`
 	}
 }
 
+// A changed constant that unchanged data points to (an ops table, a
+// netlink policy in a registered structure) is refused: the kernel reaches
+// its old copy through that data, whatever the patch carries.
+func TestCompareConstantHeldByDataRefused(t *testing.T) {
+	before := common + `static const int policy[4] = {1, 2, 3, 4};
+struct family { const int *policy; int n; };
+struct family fam = { policy, 4 };
+int pick(int i) { return policy[i & 3]; }`
+	after := strings.Replace(before, "{1, 2, 3, 4}", "{1, 2, 3, 5}", 1)
+	_, err := analyzeSources(t, before, after)
+	var re *RefusedError
+	if !errors.As(err, &re) || !strings.Contains(err.Error(), "changed constant policy is referenced by fam") {
+		t.Fatalf("analyze: %v; want a refusal naming policy and fam", err)
+	}
+}
+
 // __stringify(__LINE__) in a string (fortify's messages) moved by the diff
 // is no change either.
 func TestCompareLineNumbersInStrings(t *testing.T) {
