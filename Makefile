@@ -63,7 +63,7 @@ fuzz:
 		done; \
 	done
 
-# Every benchmark scenario on fresh guests (~20 min on 2 cores, TCG), then
+# Every benchmark scenario on fresh guests (~45 min on 2 cores, TCG, the 10,000-cycle soak included), then
 # docs/BENCHMARKS.md and its figures (docs/bench/*.svg) regenerated from
 # the run; progress goes to stderr, the tables to stdout.
 bench: guest

@@ -53,6 +53,7 @@ var Scenarios = []Scenario{
 	{"overhead", "relative performance of workloads: no patch, a committed code patch, a coherence window", Overhead},
 	{"underload", "apply/rollback with workloads running: pauses, commit, throughput; next to in-guest Linux livepatch", UnderLoad},
 	{"realfix", "real stable fixes from source diffs: built, applied under load, checked in the guest, rolled back", RealFix},
+	{"soak", "apply/rollback of example patches in rotation, thousands of times, every read of the patched path checked", Soak},
 }
 
 // Lookup finds a scenario by name.

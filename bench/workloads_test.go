@@ -99,3 +99,25 @@ func TestUnderLoadSmoke(t *testing.T) {
 		t.Errorf("no progress:\n%s", progress.String())
 	}
 }
+
+// A short soak: every read right, no oops.
+func TestSoakShort(t *testing.T) {
+	opts := workloadOpts(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var progress bytes.Buffer
+	r, err := RunSoak(ctx, opts, &progress, SoakConfig{Cycles: 12})
+	if r != nil {
+		for _, n := range r.Notes {
+			t.Log(n)
+		}
+	}
+	if err != nil {
+		t.Fatalf("%v\n%s", err, progress.String())
+	}
+	for _, row := range r.Rows {
+		if row.N != 12 {
+			t.Errorf("row %q has %d samples, want one per cycle", row.What, row.N)
+		}
+	}
+}

@@ -22,6 +22,7 @@ func newBenchCmd() *cobra.Command {
 	var gf guestFlags
 	var asJSON bool
 	var reportPath, command, fixes string
+	var cycles int
 	var names []string
 	for _, s := range bench.Scenarios {
 		names = append(names, fmt.Sprintf("  %-10s %s", s.Name, s.Brief))
@@ -36,6 +37,7 @@ func newBenchCmd() *cobra.Command {
 			"and the claims the README quotes, each traced to its row.",
 		Example: `  lucos bench pause apply
   lucos bench realfix --fixes ~/my-fixes --release 6.1.0-54-cloud-amd64
+  lucos bench soak --cycles 200
   lucos bench all --report docs/BENCHMARKS.md --command "make bench"`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -44,6 +46,10 @@ func newBenchCmd() *cobra.Command {
 				return err
 			}
 			bench.DefaultRealFix.Dir = fixes
+			if cycles <= 0 {
+				return fmt.Errorf("--cycles %d: want a positive number", cycles)
+			}
+			bench.DefaultSoak.Cycles = cycles
 			var run []bench.Scenario
 			for _, a := range args {
 				if a == "all" {
@@ -97,6 +103,7 @@ func newBenchCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print results as JSON")
 	cmd.Flags().StringVar(&reportPath, "report", "", "write the benchmark report to this file, its figures to bench/ beside it")
 	cmd.Flags().StringVar(&command, "command", "", `the command the report says produced it (default "lucos bench ARGS")`)
+	cmd.Flags().IntVar(&cycles, "cycles", bench.DefaultSoak.Cycles, "soak: apply/rollback cycles")
 	cmd.Flags().StringVar(&fixes, "fixes", "", "realfix: try the diffs (*.patch, *.diff) of this directory instead of the built-in corpus (bench/realfix/fixes, for 6.1.0-54; pass --release for others)")
 	return cmd
 }
