@@ -21,6 +21,8 @@ type Result struct {
 	Rows     []Row    `json:"rows"`
 	Notes    []string `json:"notes,omitempty"`
 	Figures  []Figure `json:"figures,omitempty"` // drawn from the run's samples by Figure.Draw
+	// Overhead is the overhead scenario's verdicts, per workload.
+	Overhead []OverheadVerdict `json:"overhead,omitempty"`
 }
 
 // Row is one measured quantity.

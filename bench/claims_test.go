@@ -15,9 +15,11 @@ func overheadFixture() *Result {
 		{"fork", Spread{5, 0.997, 0.99, 1.01}, Spread{5, 0.960, 0.95, 0.97}},
 		{"oltp", Spread{5, 0.999, 0.99, 1.01}, Spread{5, 0.980, 0.97, 0.99}},
 	} {
-		rows = append(rows, Row{What: w.name + ": " + condNone, N: 5, P50: 1000, Unit: "ops/s"},
-			ratioRow(w.name+": "+condCode, w.code), ratioRow(w.name+": "+condCoherence, w.coherence),
-			ratioRow(w.name+": "+condAgain, Spread{5, 1.0005, 0.99, 1.01}))
+		rows = append(rows, Row{What: overheadRowName(w.name, clockInstr, condNone), N: 5, P50: 1000, Unit: "ops/s"},
+			ratioRow(overheadRowName(w.name, clockInstr, condCode), w.code),
+			ratioRow(overheadRowName(w.name, clockInstr, condCoherence), Spread{5, 1, 1, 1}),
+			ratioRow(overheadRowName(w.name, clockCombined, condCoherence), w.coherence),
+			ratioRow(overheadRowName(w.name, clockInstr, condAgain), Spread{5, 1.0005, 0.99, 1.01}))
 	}
 	return &Result{Scenario: "relative performance", Rows: rows}
 }
@@ -31,8 +33,8 @@ func TestOverheadClaims(t *testing.T) {
 		t.Fatalf("%d claims, want 2: %+v", len(claims), claims)
 	}
 	for i, want := range []struct{ row, text string }{
-		{"fork: " + condCode, "costs the slowest workload, fork, 0.30% of its throughput (median of 5 rounds; target < 0.5%: met)"},
-		{"fork: " + condCoherence, "costs the slowest workload, fork, 4.00% of its throughput (median of 5 rounds; target < 5.0%: met)"},
+		{overheadRowName("fork", clockInstr, condCode), "costs the slowest workload, fork, 0.30% of its throughput (median of 5 rounds; target < 0.5%: met)"},
+		{overheadRowName("fork", clockCombined, condCoherence), "costs the slowest workload, fork, 4.00% of its throughput (median of 5 rounds; target < 5.0%: met)"},
 	} {
 		c := claims[i]
 		if c.Scenario != "overhead" || c.Row != want.row || !strings.Contains(c.Text, want.text) {
@@ -43,9 +45,9 @@ func TestOverheadClaims(t *testing.T) {
 	r := overheadFixture()
 	for i := range r.Rows {
 		switch r.Rows[i].What {
-		case "fork: " + condCode:
+		case overheadRowName("fork", clockInstr, condCode):
 			r.Rows[i] = ratioRow(r.Rows[i].What, Spread{5, 0.99, 0.98, 1})
-		case "fork: " + condCoherence, "cpu: " + condCoherence, "oltp: " + condCoherence:
+		case overheadRowName("fork", clockCombined, condCoherence), overheadRowName("cpu", clockCombined, condCoherence), overheadRowName("oltp", clockCombined, condCoherence):
 			r.Rows[i] = ratioRow(r.Rows[i].What, Spread{5, 1.002, 1, 1.01})
 		}
 	}
@@ -65,7 +67,7 @@ func TestOverheadClaims(t *testing.T) {
 func TestOverheadClaimsNoiseFloor(t *testing.T) {
 	r := overheadFixture()
 	for i := range r.Rows {
-		if r.Rows[i].What == "oltp: "+condAgain {
+		if r.Rows[i].What == overheadRowName("oltp", clockInstr, condAgain) {
 			r.Rows[i] = ratioRow(r.Rows[i].What, Spread{5, 0.98, 0.9, 1.1})
 		}
 	}

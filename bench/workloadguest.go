@@ -34,9 +34,14 @@ type workloadGuest struct {
 
 // bootWorkloadGuest builds what the guest needs, boots it and attaches an
 // engine. patches are example directories under examples/patches.
-func bootWorkloadGuest(ctx context.Context, opts launch.Options, progress io.Writer, scenario string, patches []string, withKLP bool) (g *workloadGuest, err error) {
-	g = &workloadGuest{ko: map[string][]byte{}, progress: progress}
-	if g.tmp, err = os.MkdirTemp("", "lucos-bench-"+scenario+"-"); err != nil {
+func bootWorkloadGuest(ctx context.Context, opts launch.Options, progress io.Writer, scenario string, patches []string, withKLP bool) (_ *workloadGuest, err error) {
+	g := &workloadGuest{ko: map[string][]byte{}, progress: progress}
+	if g.tmp, err = os.MkdirTemp("", "lucos-bench-"+strings.Map(func(r rune) rune {
+		if 'a' <= r && r <= 'z' || '0' <= r && r <= '9' {
+			return r
+		}
+		return '-'
+	}, scenario)+"-"); err != nil {
 		return nil, err
 	}
 	defer func() {

@@ -64,13 +64,28 @@ func TestOverheadSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var progress bytes.Buffer
-	r, err := RunOverhead(ctx, opts, &progress, OverheadConfig{Rounds: 1, Run: 300 * time.Millisecond, Workloads: []string{"syscall", "fs"}})
+	r, err := RunOverhead(ctx, opts, &progress, OverheadConfig{ICountRounds: 2, Rounds: 1, Run: 300 * time.Millisecond, Workloads: []string{"syscall", "fs"}})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, progress.String())
 	}
+	t.Logf("progress:\n%s", progress.String())
 	checkResult(t, "overhead", r)
-	if len(r.Rows) != 2*4 {
-		t.Errorf("%d rows, want 4 per workload", len(r.Rows))
+	// Per workload: 4 rows on each clock, and the window with pauses.
+	if len(r.Rows) != 2*(4+4+1) {
+		t.Errorf("%d rows, want 9 per workload", len(r.Rows))
+	}
+	if len(r.Overhead) != 2 {
+		t.Fatalf("%d verdicts, want one per workload", len(r.Overhead))
+	}
+	for _, v := range r.Overhead {
+		if v.NoiseFloorPct.N != 2 || v.HostClock == nil || v.Committed == "" || v.Window == "" {
+			t.Errorf("verdict %+v: want 2 instruction-clock rounds, a host clock part and both verdicts", v)
+		}
+		// The window pauses the VM for its stack checks: the guest
+		// loses that time, which the instruction clock alone hides.
+		if v.WindowPausedPct.Median <= 0 || v.WindowOverheadPct.Median < v.WindowPausedPct.Median-1 {
+			t.Errorf("%s: window %+v, paused %+v: the pauses do not show", v.Workload, v.WindowOverheadPct, v.WindowPausedPct)
+		}
 	}
 	if len(r.Figures) != 1 {
 		t.Errorf("%d figures, want the bars", len(r.Figures))

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +23,12 @@ type Config struct {
 	CPUs    int
 	Memory  uint64 // bytes
 	Accel   Accel
+	// ICount makes the guest's clock count executed instructions (QEMU
+	// -icount shift=0,sleep=off: one guest nanosecond per instruction, no
+	// waiting in idle): guest time, and so any rate a workload measures on
+	// it, is then independent of how fast the host runs. TCG only; the
+	// guest runs on one host thread and several times slower.
+	ICount bool
 	// RunDir holds the VM's sockets and logs; empty means a new directory
 	// under os.TempDir(), removed by Close.
 	RunDir string
@@ -75,6 +82,9 @@ func (d Disk) validate() error {
 	return nil
 }
 
+// errICountKVM: an instruction clock is a TCG feature.
+var errICountKVM = errors.New("--icount needs TCG (QEMU counts instructions only when it translates them): use --accel tcg")
+
 // Defaults for Config fields left zero.
 const (
 	DefaultCPUs        = 2
@@ -111,6 +121,9 @@ func (c *Config) validate() error {
 	}
 	if c.Memory%(1<<20) != 0 {
 		return fmt.Errorf("guest memory must be a whole number of MiB")
+	}
+	if c.ICount && c.Accel == AccelKVM {
+		return errICountKVM
 	}
 	for _, d := range c.Disks {
 		if err := d.validate(); err != nil {

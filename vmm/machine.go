@@ -97,6 +97,9 @@ func Start(ctx context.Context, cfg Config) (m *Machine, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.ICount && m.accel != AccelTCG {
+		return nil, errICountKVM
+	}
 	cfg.Log.Info("accelerator", "accel", m.accel, "why", m.accelWhy)
 	defer func() {
 		if err != nil {
@@ -303,6 +306,9 @@ func (m *Machine) Release() string { return m.release }
 
 // Accel is the accelerator in use and why it was chosen.
 func (m *Machine) Accel() (Accel, string) { return m.accel, m.accelWhy }
+
+// ICount says the guest's clock counts instructions (Config.ICount).
+func (m *Machine) ICount() bool { return m.cfg.ICount }
 
 // CPUs is the number of vCPUs.
 func (m *Machine) CPUs() int { return m.cfg.CPUs }

@@ -53,6 +53,9 @@ func (m *Machine) qemuArgs() []string {
 	if m.accel == AccelKVM {
 		args = append(args, "-cpu", "host")
 	}
+	if m.cfg.ICount {
+		args = append(args, "-icount", "shift=0,sleep=off")
+	}
 	if m.cfg.Initrd != "" {
 		args = append(args, "-initrd", m.cfg.Initrd)
 	}
