@@ -47,6 +47,11 @@ type Client struct {
 	multiprocess bool // the stub writes thread ids as "pPID.TID"
 	phyMemMode   bool // the stub has Qqemu.PhyMemMode
 	physical     bool // m/M take physical addresses
+	// testHook, when a test sets it before the VM runs, hears of events
+	// the tests synchronise on: "read" (await read a packet), "finish" (a
+	// Stop or Wait is about to block for the end of a run).
+	testHook func(event string)
+
 	// gThread is the vCPU QEMU's 'g', 'p' and (in virtual mode) 'm'/'M'
 	// act on: the last one selected with Hg, or the one a stop reply
 	// named (QEMU selects it on every stop). 0 when unknown.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -358,9 +359,11 @@ func TestStopRaceStress(t *testing.T) {
 				if done {
 					return
 				}
-				time.Sleep(time.Microsecond)
+				runtime.Gosched()
 			}
 		})
+		// Not synchronisation: a delay that varies from cycle to cycle, so
+		// that the 0x03 meets the breakpoint's stop at different moments.
 		time.Sleep(time.Duration(i%7) * 20 * time.Microsecond)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		ev, err := c.Stop(ctx)
@@ -395,11 +398,18 @@ func TestStopAfterConsoleOutput(t *testing.T) {
 	f.mu.Lock()
 	f.onResume = func(f *fakeStub, p string) { f.sendLocked("O6869") }
 	f.mu.Unlock()
+	read := make(chan struct{}, 1)
+	c.testHook = func(ev string) {
+		if ev == "read" {
+			read <- struct{}{}
+		}
+	}
 	if _, err := c.Continue(); err != nil {
 		t.Fatal(err)
 	}
-	for !c.ackPending.Load() {
-		time.Sleep(time.Millisecond)
+	<-read // the console packet, whose ack is now pending
+	if !c.ackPending.Load() {
+		t.Fatal("no ack pending after the console packet")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -411,6 +421,12 @@ func TestStopAfterConsoleOutput(t *testing.T) {
 
 func TestWaitAndStopTogether(t *testing.T) {
 	_, c := dialFake(t, fakeOpts{})
+	blocked := make(chan struct{}, 3)
+	c.testHook = func(ev string) {
+		if ev == "finish" {
+			blocked <- struct{}{}
+		}
+	}
 	if _, err := c.Continue(); err != nil {
 		t.Fatal(err)
 	}
@@ -425,7 +441,8 @@ func TestWaitAndStopTogether(t *testing.T) {
 			waited <- result{ev, err}
 		}()
 	}
-	time.Sleep(10 * time.Millisecond)
+	<-blocked // both Waits wait for the run's end
+	<-blocked
 	ev, err := c.Stop(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -171,6 +171,9 @@ func (c *Client) Wait(ctx context.Context) (StopEvent, error) {
 
 // finish waits for the end of r and absorbs it.
 func (c *Client) finish(ctx context.Context, r *run) (StopEvent, error) {
+	if c.testHook != nil {
+		c.testHook("finish")
+	}
 	select {
 	case <-r.done:
 	case <-ctx.Done():
@@ -211,6 +214,9 @@ func (c *Client) await(r *run) {
 		}
 		if c.ackMode {
 			c.ackPending.Store(true)
+		}
+		if c.testHook != nil {
+			c.testHook("read")
 		}
 		if isStopReply(p) {
 			r.ev, r.err = parseStopReply(p)

@@ -2,12 +2,9 @@ package introspect_test
 
 import (
 	"context"
-	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/lucos/lucos/internal/testvm"
 	"github.com/lucos/lucos/introspect"
@@ -91,60 +88,71 @@ type proc struct {
 }
 
 // TestTasksMatchGuestPS compares lucos's task list with the guest's own ps.
+// Two task lists, read before and after the guest's ps, bracket it: a
+// process in both lived through the ps and must be in it, and every process
+// ps lists must be in one of them (pids grow, so a process with a pid below
+// the command's own existed before the command began).
 func TestTasksMatchGuestPS(t *testing.T) {
 	img := loadImage(t)
 	m := testvm.Boot(t)
 	k := attach(t, m, img)
-	var diff string
-	for try := 0; try < 3; try++ {
-		// $PPID is the control channel's subshell for this command: every
-		// process ps lists below it existed before and outlives the command.
-		res := testvm.Exec(t, m, "sh", "-c", "echo $PPID; ps -o pid,comm")
-		lines := strings.Split(strings.TrimSpace(string(res.Stdout)), "\n")
-		limit, _ := strconv.Atoi(lines[0])
-		var guest []proc
-		for _, l := range lines[2:] {
-			f := strings.Fields(l)
-			pid, _ := strconv.Atoi(f[0])
-			if pid < limit {
-				guest = append(guest, proc{pid, strings.Trim(strings.Join(f[1:], " "), "[]")})
-			}
-		}
+	processes := func() map[int]string {
 		tasks, err := k.Tasks(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
-		var ours []proc
+		out := map[int]string{}
 		for _, tk := range tasks {
-			if tk.PID > 0 && tk.PID == tk.TGID && tk.PID < limit {
-				ours = append(ours, proc{tk.PID, tk.Comm})
+			if tk.PID > 0 && tk.PID == tk.TGID {
+				out[tk.PID] = tk.Comm
 			}
 		}
-		sort.Slice(ours, func(i, j int) bool { return ours[i].pid < ours[j].pid })
-		diff = compare(guest, ours)
-		if diff == "" {
-			t.Logf("%d processes agree (kernel threads included)", len(ours))
-			return
-		}
-		time.Sleep(time.Second) // a kernel worker came or went: look again
+		return out
 	}
-	t.Fatal(diff)
+	before := processes()
+	// $PPID is the control channel's subshell for this command: every
+	// process ps lists below it existed before the command.
+	res := testvm.Exec(t, m, "sh", "-c", "echo $PPID; ps -o pid,comm")
+	after := processes()
+	lines := strings.Split(strings.TrimSpace(string(res.Stdout)), "\n")
+	limit, err := strconv.Atoi(lines[0])
+	if err != nil || len(lines) < 3 {
+		t.Fatalf("guest ps: %q", res.Stdout)
+	}
+	guest := map[int]string{}
+	for _, l := range lines[2:] {
+		f := strings.Fields(l)
+		pid, _ := strconv.Atoi(f[0])
+		if pid < limit {
+			guest[pid] = strings.Trim(strings.Join(f[1:], " "), "[]")
+		}
+	}
+	for pid, comm := range guest {
+		if !sameComm(comm, before[pid]) && !sameComm(comm, after[pid]) {
+			t.Errorf("guest ps lists pid %d (%s); lucos read %q before and %q after", pid, comm, before[pid], after[pid])
+		}
+	}
+	lived := 0
+	for pid, comm := range before {
+		if _, still := after[pid]; !still || pid >= limit {
+			continue
+		}
+		lived++
+		if g, ok := guest[pid]; !ok || !sameComm(g, comm) && !sameComm(g, after[pid]) {
+			t.Errorf("pid %d (%s) lived through the guest's ps, which lists it as %q", pid, comm, g)
+		}
+	}
+	if lived < 10 {
+		t.Errorf("only %d processes below pid %d: %v", lived, limit, before)
+	}
+	t.Logf("%d processes agree (kernel threads included)", lived)
 }
 
-// compare matches pids and comms. /proc decorates a workqueue worker's
-// comm with its current work ("kworker/0:0-rcu_gp", cut to 15 characters);
-// task_struct.comm holds the plain name.
-func compare(guest, ours []proc) string {
-	same := len(guest) == len(ours)
-	for i := 0; same && i < len(guest); i++ {
-		g, o := guest[i], ours[i]
-		same = g.pid == o.pid && (g.comm == o.comm ||
-			strings.HasPrefix(o.comm, "kworker/") && strings.HasPrefix(g.comm, o.comm+"-"))
-	}
-	if same {
-		return ""
-	}
-	return fmt.Sprintf("guest ps:\n%v\nlucos:\n%v", guest, ours)
+// sameComm matches a comm from ps with task_struct.comm. /proc decorates a
+// workqueue worker's comm with its current work ("kworker/0:0-rcu_gp", cut
+// to 15 characters); task_struct.comm holds the plain name.
+func sameComm(ps, ours string) bool {
+	return ours != "" && (ps == ours || strings.HasPrefix(ours, "kworker/") && strings.HasPrefix(ps, ours+"-"))
 }
 
 // TestStackScanFindsBlockedTasks: sleep is inside do_nanosleep, a cat

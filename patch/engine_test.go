@@ -224,9 +224,8 @@ func TestTerminationWaitsForBlockedTask(t *testing.T) {
 		t.Errorf("a pipe through the patch: %q", out)
 	}
 	r.sh(t, "kill "+pid)
-	deadline := time.Now().Add(time.Minute)
-	for p.State() != patch.StateCommitted && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	if err := r.e.Wait(context.Background(), p, time.Minute); err != nil {
+		t.Fatal(err)
 	}
 	if st := p.State(); st != patch.StateCommitted {
 		t.Fatalf("after the reader exited the patch is %s (held by %+v)", st, p.Info().HeldBy)
@@ -242,9 +241,8 @@ func TestTerminationWaitsForBlockedTask(t *testing.T) {
 		t.Fatalf("with a reader blocked in patch code the rollback is %s", st)
 	}
 	r.sh(t, "kill "+pid)
-	deadline = time.Now().Add(time.Minute)
-	for p.State() != patch.StateRolledBack && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	if err := r.e.Wait(context.Background(), p, time.Minute); err != nil {
+		t.Fatal(err)
 	}
 	if st := p.State(); st != patch.StateRolledBack {
 		t.Fatalf("rollback did not finish: %s", st)

@@ -285,7 +285,8 @@ func gva2gpa(m *vmm.Machine, va uint64) (uint64, error) {
 func TestPauseResumeBusyGuest(t *testing.T) {
 	m := testvm.Boot(t)
 	ctx := context.Background()
-	if _, err := m.ExecScript(ctx, bench.BusyLoops(2)); err != nil {
+	// The script returns once both loops have counted.
+	if _, err := m.ExecScript(ctx, bench.BusyLoops(2)+"until [ -s /tmp/busy.0 ] && [ -s /tmp/busy.1 ]; do usleep 1000; done\n"); err != nil {
 		t.Fatal(err)
 	}
 	counter := func() int {
@@ -293,7 +294,6 @@ func TestPauseResumeBusyGuest(t *testing.T) {
 		n, _ := strconv.Atoi(strings.TrimSpace(string(res.Stdout)))
 		return n
 	}
-	time.Sleep(500 * time.Millisecond)
 	before := counter()
 
 	type out struct {
@@ -305,16 +305,26 @@ func TestPauseResumeBusyGuest(t *testing.T) {
 		res, err := m.ExecScript(ctx, "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line-$i; done")
 		streamed <- out{res, err}
 	}()
-	for i := 0; i < 200; i++ {
+	// Pause and resume back to back until the output is all there: the
+	// guest runs only between a resume and the next stop.
+	var o out
+	n := 0
+	for done := false; !done; n++ {
 		if err := m.Pause(ctx); err != nil {
-			t.Fatalf("pause %d: %v", i, err)
+			t.Fatalf("pause %d: %v", n, err)
 		}
 		if _, err := m.Resume(); err != nil {
-			t.Fatalf("resume %d: %v", i, err)
+			t.Fatalf("resume %d: %v", n, err)
 		}
-		time.Sleep(time.Millisecond)
+		select {
+		case o = <-streamed:
+			done = true
+		default:
+		}
 	}
-	o := <-streamed
+	if n < 20 {
+		t.Errorf("the output came across only %d pauses", n)
+	}
 	if o.err != nil {
 		t.Fatal(o.err)
 	}
@@ -327,11 +337,11 @@ func TestPauseResumeBusyGuest(t *testing.T) {
 	}
 	after := counter()
 	if after <= before {
-		t.Errorf("busy loops did not advance across 200 pauses: %d -> %d", before, after)
+		t.Errorf("busy loops did not advance across %d pauses: %d -> %d", n, before, after)
 	}
 	st := m.Pauses()
-	if st.Count != 200 {
-		t.Errorf("pause log has %d entries, want 200", st.Count)
+	if st.Count != n {
+		t.Errorf("pause log has %d entries, want %d", st.Count, n)
 	}
 	t.Logf("busy counter %d -> %d; pause p50 %v p99 %v", before, after, st.P50, st.P99)
 }
