@@ -47,6 +47,15 @@ type Client struct {
 	multiprocess bool // the stub writes thread ids as "pPID.TID"
 	phyMemMode   bool // the stub has Qqemu.PhyMemMode
 	physical     bool // m/M take physical addresses
+	// redial makes a new connection (nil: none, as from NewClient);
+	// reconnects counts its uses, cause is the failure that broke the
+	// connection while connecting again fails, reconnecting is set while a
+	// reconnection's handshake runs.
+	redial       func(context.Context) (net.Conn, error)
+	reconnects   int
+	cause        error
+	reconnecting bool
+
 	// testHook, when a test sets it before the VM runs, hears of events
 	// the tests synchronise on: "read" (await read a packet), "finish" (a
 	// Stop or Wait is about to block for the end of a run).
@@ -73,17 +82,81 @@ type run struct {
 // or "tcp") and prepares the client: see NewClient. It returns with the VM
 // stopped.
 func Dial(ctx context.Context, network, addr string) (*Client, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, network, addr)
+	return DialFunc(ctx, addr, func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	})
+}
+
+// DialFunc is Dial with the connection made by dial (name is for errors).
+// The client keeps dial: if the connection breaks while the VM is stopped,
+// the next command connects again (see Reconnects).
+func DialFunc(ctx context.Context, name string, dial func(context.Context) (net.Conn, error)) (*Client, error) {
+	conn, err := dial(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("connect to gdbstub: %w", err)
 	}
 	c, err := NewClient(ctx, conn)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("gdbstub %s: %w", addr, err)
+		return nil, fmt.Errorf("gdbstub %s: %w", name, err)
 	}
+	c.redial = dial
 	return c, nil
+}
+
+// reconnectTimeout bounds a reconnection's dial and handshake.
+const reconnectTimeout = 5 * time.Second
+
+// Reconnects counts the connections made again after one broke. A command
+// that was in flight when the connection broke fails with its error (it
+// may or may not have reached QEMU); the next one, if the VM was stopped,
+// goes over a new connection. QEMU keeps the VM stopped meanwhile and
+// keeps its breakpoints, watchpoints and memory mode (the new handshake
+// sends no '?', which would remove them).
+func (c *Client) Reconnects() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reconnects
+}
+
+// recover connects again if the connection broke while the VM was
+// stopped. Precondition: mu held.
+func (c *Client) recover() error {
+	if c.err == nil || c.redial == nil || c.closed.Load() || c.run != nil || c.reconnecting {
+		return c.err
+	}
+	cause := c.cause
+	if cause == nil {
+		cause = c.err
+	}
+	c.conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), reconnectTimeout)
+	defer cancel()
+	conn, err := c.redial(ctx)
+	if err != nil {
+		c.cause, c.err = cause, fmt.Errorf("%w; connecting again: %v", cause, err)
+		return c.err
+	}
+	prev := c.last
+	c.conn, c.rd, c.ackMode, c.err = conn, packetReader{br: bufio.NewReaderSize(conn, 16<<10)}, true, nil
+	c.ackPending.Store(false)
+	conn.SetDeadline(time.Now().Add(reconnectTimeout))
+	c.reconnecting = true
+	sawStop, err := c.handshake(false)
+	c.reconnecting = false
+	conn.SetDeadline(time.Time{})
+	if err != nil {
+		conn.Close()
+		c.cause, c.err = cause, fmt.Errorf("%w; connecting again: %v", cause, err)
+		return c.err
+	}
+	if !sawStop {
+		c.last = prev
+	}
+	c.cause = nil
+	c.reconnects++
+	return nil
 }
 
 // NewClient takes over a fresh connection to a gdbstub. QEMU stops the VM
@@ -104,7 +177,7 @@ func NewClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	c.mu.Lock()
-	err := c.handshake()
+	_, err := c.handshake(true)
 	c.mu.Unlock()
 	if !stop() || ctx.Err() != nil || isTimeout(err) {
 		// The connection's deadline is the context's: a timeout is the
@@ -129,25 +202,27 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// handshake runs the connection setup. Precondition: mu held.
-func (c *Client) handshake() error {
+// handshake runs the connection setup and says whether the stub sent a
+// stop reply unasked (the VM was running). Without one, ask sends '?' to
+// learn why the VM stopped; a reconnection does not, since '?' removes
+// every breakpoint and watchpoint. Precondition: mu held.
+func (c *Client) handshake(ask bool) (sawStop bool, err error) {
 	// QEMU stops the VM when we connect and, if it was running, sends a
 	// stop reply before reading anything from us. No reply to
 	// QStartNoAckMode looks like a stop reply, so whatever stop replies
 	// precede it are that one.
 	c.cmd = append(c.cmd[:0], "QStartNoAckMode"...)
 	if err := c.write(c.cmd); err != nil {
-		return err
+		return false, err
 	}
-	sawStop := false
 	for {
 		p, err := c.readPacket()
 		if err != nil {
-			return fmt.Errorf("QStartNoAckMode: %w", err)
+			return sawStop, fmt.Errorf("QStartNoAckMode: %w", err)
 		}
 		if isStopReply(p) {
 			if c.last, err = parseStopReply(p); err != nil {
-				return err
+				return sawStop, err
 			}
 			c.last.At = time.Now()
 			sawStop = true
@@ -159,32 +234,32 @@ func (c *Client) handshake() error {
 	}
 
 	if err := c.negotiate(); err != nil {
-		return err
+		return sawStop, err
 	}
 	// The target description must be read after qSupported: QEMU answers
 	// 'p' and 'P' with "unsupported" until a client has read target.xml.
 	l, err := ReadLayout(c.readFeature)
 	if err != nil {
-		return err
+		return sawStop, err
 	}
 	c.layout = l
 	if err := c.listThreads(); err != nil {
-		return err
+		return sawStop, err
 	}
-	if !sawStop {
+	if !sawStop && ask {
 		// Note: QEMU's '?' also removes every breakpoint and watchpoint.
 		c.cmd = append(c.cmd[:0], '?')
 		p, err := c.roundTrip(nil)
 		if err != nil {
-			return fmt.Errorf("ask why the VM stopped ('?'): %w", err)
+			return sawStop, fmt.Errorf("ask why the VM stopped ('?'): %w", err)
 		}
 		if c.last, err = parseStopReply(p); err != nil {
-			return err
+			return sawStop, err
 		}
 		c.last.At = time.Now()
 	}
 	c.gThread = 0
-	return c.checkLayout()
+	return sawStop, c.checkLayout()
 }
 
 // negotiate learns what the stub supports. Precondition: mu held.
@@ -445,8 +520,8 @@ func (c *Client) readPacket() ([]byte, error) {
 // Console ('O') packets before the reply are appended, decoded, to console
 // if it is not nil and dropped otherwise. Precondition: mu held, VM stopped.
 func (c *Client) roundTrip(console *[]byte) ([]byte, error) {
-	if c.err != nil {
-		return nil, c.err
+	if err := c.recover(); err != nil {
+		return nil, err
 	}
 	if err := c.write(c.cmd); err != nil {
 		return nil, err

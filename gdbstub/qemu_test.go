@@ -452,3 +452,49 @@ func pct(d []time.Duration, p int) float64 {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return float64(s[(len(s)-1)*p/100]) / float64(time.Microsecond)
 }
+
+// The connection breaks while the VM is stopped: the command in flight
+// fails, the next goes over a new connection; the VM stayed stopped (the
+// loop's counter did not move), and the breakpoint and the physical memory
+// mode are still in place, so the VM runs on to the breakpoint.
+func TestQEMUReconnectWhileStopped(t *testing.T) {
+	c := dialQEMU(t, startQEMU(t, true))
+	startLoop(t, c)
+	check(t, c.InsertBreakpoint(loopAddr+4))
+	must[time.Time](t)(c.Continue())
+	ev := must[StopEvent](t)(c.Wait(context.Background()))
+	if ev.Signal != SignalTrap {
+		t.Fatalf("stop %+v, want the breakpoint", ev)
+	}
+	var before [2]byte
+	check(t, c.ReadMemory(loopData, before[:]))
+
+	c.conn.Close() // as if the socket dropped
+	var b [2]byte
+	if err := c.ReadMemory(loopData, b[:]); err == nil {
+		t.Fatal("a read over the dropped connection succeeded")
+	}
+	if n := c.Reconnects(); n != 0 {
+		t.Fatalf("%d reconnects before the next command", n)
+	}
+	check(t, c.ReadMemory(loopData, b[:]))
+	if n := c.Reconnects(); n != 1 {
+		t.Fatalf("%d reconnects, want 1", n)
+	}
+	if b != before {
+		t.Fatalf("the counter moved from % x to % x: the VM ran while the connection was down", before, b)
+	}
+	if !c.physical {
+		t.Error("the client forgot physical memory mode")
+	}
+	must[time.Time](t)(c.Continue())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ev, err := c.Wait(ctx)
+	if err != nil || ev.Signal != SignalTrap {
+		t.Fatalf("after the reconnection: %+v, %v; want the breakpoint again", ev, err)
+	}
+	if rip := must[uint64](t)(c.ReadRegister(1, "rip")); rip != 4 {
+		t.Errorf("stopped at rip %#x, want the breakpoint at 4", rip)
+	}
+}

@@ -259,5 +259,5 @@ func (c *Client) settle() error {
 			c.gThread = r.ev.Thread
 		}
 	}
-	return c.err
+	return c.recover()
 }

@@ -71,9 +71,19 @@ func idtBase(m *vmm.Machine) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	return parseIDTBase(out)
+}
+
+// parseIDTBase finds the IDTR base in QEMU's "info registers" output
+// ("IDT=     fffffe0000000000 00000fff").
+func parseIDTBase(out string) (uint64, error) {
 	for _, line := range strings.Split(out, "\n") {
 		if f := strings.Fields(line); len(f) >= 2 && f[0] == "IDT=" {
-			return strconv.ParseUint(f[1], 16, 64)
+			v, err := strconv.ParseUint(f[1], 16, 64)
+			if err != nil {
+				return 0, fmt.Errorf("IDT= line in QEMU's register dump: %w", err)
+			}
+			return v, nil
 		}
 	}
 	return 0, fmt.Errorf("no IDT= line in QEMU's register dump")

@@ -408,6 +408,14 @@ func (e *Engine) terminate(p *Patch, switchAt time.Time) {
 	if p.state != StateTransitioning {
 		return // rolled back meanwhile
 	}
+	if errors.Is(err, vmm.ErrExited) {
+		// Nothing is left to commit or roll back.
+		p.holders = nil
+		p.setState(StateFailed, "the VM went away while the update transitioned: "+err.Error())
+		close(p.done)
+		p.done = make(chan struct{})
+		return
+	}
 	if err != nil {
 		e.log.Warn("termination check stopped", "id", p.id, "err", err)
 		return

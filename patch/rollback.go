@@ -2,10 +2,12 @@ package patch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/lucos/lucos/gdbstub"
+	"github.com/lucos/lucos/vmm"
 )
 
 // Rollback undoes patch id: in one pause the old functions' entries get
@@ -76,6 +78,16 @@ func (e *Engine) rollback(ctx context.Context, id string, o Options) (*Patch, er
 func (e *Engine) release(p *Patch, switchAt time.Time) {
 	if err := e.waitClear(e.ctx, p, p.text); err != nil {
 		e.log.Warn("rollback: stack check stopped; slot stays mapped", "id", p.id, "err", err)
+		if errors.Is(err, vmm.ErrExited) {
+			e.mu.Lock()
+			p.mu.Lock()
+			p.holders = nil
+			p.setState(StateFailed, "the VM went away while the rollback drained: "+err.Error())
+			close(p.done)
+			p.done = make(chan struct{})
+			p.mu.Unlock()
+			e.mu.Unlock()
+		}
 		return
 	}
 	var cerr error

@@ -2,9 +2,12 @@ package patch
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/lucos/lucos/introspect"
+	"github.com/lucos/lucos/vmm"
 )
 
 // Stack-check pacing: the first checks come fast (most updates commit at
@@ -16,7 +19,8 @@ const (
 
 // waitClear checks, with the VM paused for each snapshot, until no vCPU and
 // no kernel stack holds an address inside ranges. It records who holds them
-// up on the patch for the API. It returns ctx's error if ctx ends first.
+// up on the patch for the API. It returns ctx's error if ctx ends first,
+// and vmm.ErrExited if the VM goes away.
 func (e *Engine) waitClear(ctx context.Context, p *Patch, ranges []introspect.Range) error {
 	delay := firstCheckDelay
 	start := time.Now()
@@ -24,6 +28,9 @@ func (e *Engine) waitClear(ctx context.Context, p *Patch, ranges []introspect.Ra
 		snap, err := e.k.Snapshot(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if errors.Is(err, vmm.ErrExited) {
+			return fmt.Errorf("stack check: %w", err)
 		}
 		p.mu.Lock()
 		p.checks++

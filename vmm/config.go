@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -41,6 +42,10 @@ type Config struct {
 	Console io.Writer
 	// QEMU is the emulator binary; empty means qemu-system-x86_64 from PATH.
 	QEMU string
+	// WrapGDB, if set, wraps each connection to the gdbstub (the first and
+	// any made again after one broke): fault-injection tests drop it at a
+	// chosen packet. Nil: used as is.
+	WrapGDB func(net.Conn) net.Conn
 	// BootTimeout bounds the wait for the guest's control channel.
 	BootTimeout time.Duration
 	Log         *slog.Logger

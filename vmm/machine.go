@@ -209,7 +209,15 @@ func (m *Machine) connectGDB(ctx context.Context) error {
 	if err := m.waitSocket(ctx, m.sock("gdb.sock")); err != nil {
 		return fmt.Errorf("gdbstub: %w", err)
 	}
-	g, err := gdbstub.Dial(ctx, "unix", m.sock("gdb.sock"))
+	sock := m.sock("gdb.sock")
+	g, err := gdbstub.DialFunc(ctx, sock, func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", sock)
+		if err == nil && m.cfg.WrapGDB != nil {
+			c = m.cfg.WrapGDB(c)
+		}
+		return c, err
+	})
 	if err != nil {
 		return fmt.Errorf("gdbstub: %w", err)
 	}
@@ -384,3 +392,20 @@ func (m *Machine) Wait() error {
 
 // ConsoleTail returns the last n lines of the serial console.
 func (m *Machine) ConsoleTail(n int) string { return m.console.tail(n) }
+
+// Kill ends QEMU at once with SIGKILL, as a crash would, and waits for it
+// to exit; Close still cleans up afterwards.
+func (m *Machine) Kill() error {
+	if m.proc == nil || m.proc.Process == nil {
+		return fmt.Errorf("kill: QEMU is not running")
+	}
+	if err := m.proc.Process.Kill(); err != nil {
+		return fmt.Errorf("kill QEMU: %w", err)
+	}
+	<-m.exited
+	return nil
+}
+
+// GDBReconnects counts the gdbstub connections made again after one
+// broke (gdbstub.Client.Reconnects).
+func (m *Machine) GDBReconnects() int { return m.gdb.Reconnects() }

@@ -108,7 +108,7 @@ func (m *Machine) ReadPhys(gpa uint64, buf []byte) error {
 func (m *Machine) alive() error {
 	select {
 	case <-m.exited:
-		return ErrExited
+		return fmt.Errorf("%w: %w", ErrExited, m.exitError())
 	default:
 		return nil
 	}

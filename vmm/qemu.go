@@ -120,11 +120,24 @@ func (m *Machine) qmpRun(cmd string, args any, out any) error {
 	if out == nil {
 		return nil
 	}
+	if err := decodeQMPReturn(raw, out); err != nil {
+		return fmt.Errorf("QMP %s: %w", cmd, err)
+	}
+	return nil
+}
+
+// decodeQMPReturn decodes the "return" member of a QMP reply into out; a
+// reply without one (an "error" reply comes back from the library as an
+// error, so this would be QEMU saying something else) is an error.
+func decodeQMPReturn(raw []byte, out any) error {
 	var resp struct {
 		Return json.RawMessage `json:"return"`
 	}
 	if err := json.Unmarshal(raw, &resp); err != nil {
-		return fmt.Errorf("QMP %s: %w", cmd, err)
+		return err
+	}
+	if resp.Return == nil {
+		return fmt.Errorf("reply has no return value: %.200q", raw)
 	}
 	return json.Unmarshal(resp.Return, out)
 }
