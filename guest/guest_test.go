@@ -115,7 +115,17 @@ func TestParseRelease(t *testing.T) {
 	if g.compare(r) >= 0 || r.compare(g) <= 0 {
 		t.Errorf("6.1.0-9 must sort before 6.1.0-56 (numerically, not as text)")
 	}
-	for _, bad := range []string{"", "6.1.0", "6.1.0-56", "6.1.0-56-rt-amd64", "6.1.0-56-cloud-amd64-dbg", "x.1.0-56-amd64", "../6.1.0-56-amd64"} {
+	n, err := parseRelease("6.12.107+deb12-cloud-amd64")
+	if err != nil || n.Version != [3]int{6, 12, 107} || n.Deb != 12 || n.Flavour != FlavourCloud {
+		t.Fatalf("6.12.107+deb12-cloud-amd64: %+v, %v", n, err)
+	}
+	if n.abiName() != "6.12.107+deb12" || n.kbuildPackage() != "linux-kbuild-6.12.107+deb12" {
+		t.Errorf("6.12: abiName %q kbuildPackage %q", n.abiName(), n.kbuildPackage())
+	}
+	if m, _ := parseRelease("6.12.118+deb12-amd64"); m.Flavour != FlavourGeneric || n.compare(m) >= 0 || r.compare(n) >= 0 {
+		t.Errorf("want 6.1.0-56 < 6.12.107+deb12 < 6.12.118+deb12 (%+v)", m)
+	}
+	for _, bad := range []string{"", "6.1.0", "6.1.0-56", "6.12.107+deb12", "6.12.107+debx-amd64", "6.12.107+deb12-rt-amd64", "6.12.107+deb12-cloud-amd64-unsigned", "6.1.0-56-rt-amd64", "6.1.0-56-cloud-amd64-dbg", "x.1.0-56-amd64", "../6.1.0-56-amd64"} {
 		if _, err := parseRelease(bad); err == nil {
 			t.Errorf("parseRelease(%q) succeeded", bad)
 		}

@@ -36,29 +36,38 @@ func metaPackage(flavour string) string {
 	return "linux-image-" + flavourSuffix[flavour]
 }
 
-// release is a parsed kernel release name such as "6.1.0-56-cloud-amd64":
-// upstream version 6.1.0, Debian ABI 56, flavour cloud.
+// release is a parsed kernel release name. Debian names bookworm's own 6.1
+// kernels "6.1.0-56-cloud-amd64" (upstream 6.1.0, Debian ABI 56) and the
+// 6.12 kernels it ships for bookworm from the security suite
+// "6.12.107+deb12-cloud-amd64" (upstream 6.12.107, for Debian 12).
 type release struct {
 	Name    string // the whole name
-	Version [3]int // 6, 1, 0
-	ABI     int    // 56
+	Version [3]int // 6, 1, 0 or 6, 12, 107
+	ABI     int    // 56; 0 for the +debN form, whose version is the upstream one
+	Deb     int    // 12 for the +debN form; 0 otherwise
 	Flavour string // FlavourCloud or FlavourGeneric
 }
 
-var releaseRE = regexp.MustCompile(`^([0-9]+)\.([0-9]+)\.([0-9]+)-([0-9]+)-([a-z0-9-]+)$`)
+var (
+	releaseRE    = regexp.MustCompile(`^([0-9]+)\.([0-9]+)\.([0-9]+)-([0-9]+)-([a-z0-9-]+)$`)
+	releaseDebRE = regexp.MustCompile(`^([0-9]+)\.([0-9]+)\.([0-9]+)\+deb([0-9]+)-([a-z0-9-]+)$`)
+)
 
 // parseRelease splits a kernel release name. Only the flavours lucos boots
 // are accepted: "6.1.0-56-rt-amd64" is a valid Debian release but an error here.
 func parseRelease(name string) (release, error) {
-	m := releaseRE.FindStringSubmatch(name)
-	if m == nil {
-		return release{}, fmt.Errorf("kernel release %q is not of the form 6.1.0-56-cloud-amd64", name)
-	}
 	r := release{Name: name}
+	m := releaseRE.FindStringSubmatch(name)
+	if m != nil {
+		r.ABI, _ = strconv.Atoi(m[4])
+	} else if m = releaseDebRE.FindStringSubmatch(name); m != nil {
+		r.Deb, _ = strconv.Atoi(m[4])
+	} else {
+		return release{}, fmt.Errorf("kernel release %q is not of the form 6.1.0-56-cloud-amd64 or 6.12.107+deb12-cloud-amd64", name)
+	}
 	for i := range 3 {
 		r.Version[i], _ = strconv.Atoi(m[1+i])
 	}
-	r.ABI, _ = strconv.Atoi(m[4])
 	for f, suffix := range flavourSuffix {
 		if m[5] == suffix {
 			r.Flavour = f
@@ -71,15 +80,23 @@ func parseRelease(name string) (release, error) {
 	return r, nil
 }
 
-// abiName is the release without its flavour: "6.1.0-56", the name part of
-// the flavour-independent headers package linux-headers-6.1.0-56-common.
+// abiName is the release without its flavour: "6.1.0-56" or
+// "6.12.107+deb12", the name part of the flavour-independent headers
+// package linux-headers-6.1.0-56-common.
 func (r release) abiName() string {
+	if r.Deb != 0 {
+		return fmt.Sprintf("%d.%d.%d+deb%d", r.Version[0], r.Version[1], r.Version[2], r.Deb)
+	}
 	return fmt.Sprintf("%d.%d.%d-%d", r.Version[0], r.Version[1], r.Version[2], r.ABI)
 }
 
-// kbuildPackage is the name Debian gives the kbuild tools of this kernel
-// series: linux-kbuild-6.1.
+// kbuildPackage is the name Debian gives the kbuild tools of this kernel:
+// linux-kbuild-6.1 for the series, linux-kbuild-6.12.107+deb12 for one
+// +debN release.
 func (r release) kbuildPackage() string {
+	if r.Deb != 0 {
+		return "linux-kbuild-" + r.abiName()
+	}
 	return fmt.Sprintf("linux-kbuild-%d.%d", r.Version[0], r.Version[1])
 }
 
@@ -88,7 +105,10 @@ func (r release) compare(o release) int {
 	if c := slices.Compare(r.Version[:], o.Version[:]); c != 0 {
 		return c
 	}
-	return r.ABI - o.ABI
+	if r.ABI != o.ABI {
+		return r.ABI - o.ABI
+	}
+	return r.Deb - o.Deb
 }
 
 // imagePackage, headersPackage name the per-release packages.
