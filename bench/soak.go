@@ -86,14 +86,30 @@ func RunSoak(ctx context.Context, opts launch.Options, progress io.Writer, cfg S
 		}
 	}
 	var pauses, commits, frees []float64
-	wrong := 0
-	var firstWrong string
+	wrong, failed := 0, 0
+	var firstWrong, firstFailed string
 	start := time.Now()
 	for c := 0; c < cfg.Cycles; c++ {
 		sp := soakRotation[c%len(soakRotation)]
 		p, err := g.apply(ctx, sp.dir)
 		if err != nil {
-			return nil, fmt.Errorf("soak: cycle %d: apply %s: %w", c+1, sp.dir, err)
+			// A refused or failed apply must leave the guest as it was;
+			// the soak counts it and goes on.
+			failed++
+			firstFailed = cmp(firstFailed, fmt.Sprintf("cycle %d, %s: %v", c+1, sp.dir, err))
+			fmt.Fprintf(progress, "soak: cycle %d: apply %s failed: %v\n", c+1, sp.dir, err)
+			if err := g.awaitNoPendingCall(ctx); err != nil {
+				return nil, fmt.Errorf("soak: cycle %d: %w", c+1, err)
+			}
+			got, err := g.cmdline(ctx)
+			if err != nil {
+				return nil, err
+			}
+			if got != orig {
+				wrong++
+				firstWrong = cmp(firstWrong, fmt.Sprintf("cycle %d, %s failed to apply: /proc/cmdline %q", c+1, sp.dir, got))
+			}
+			continue
 		}
 		in := p.Info()
 		pauses = append(pauses, in.PauseUS)
@@ -119,7 +135,7 @@ func RunSoak(ctx context.Context, opts launch.Options, progress io.Writer, cfg S
 			firstWrong = cmp(firstWrong, fmt.Sprintf("cycle %d, %s rolled back: /proc/cmdline %q", c+1, sp.dir, got))
 		}
 		if (c+1)%500 == 0 || c+1 == cfg.Cycles {
-			fmt.Fprintf(progress, "soak: %d/%d cycles, %d wrong reads (%v so far)\n", c+1, cfg.Cycles, wrong, time.Since(start).Round(time.Second))
+			fmt.Fprintf(progress, "soak: %d/%d cycles, %d wrong reads, %d failed applies (%v so far)\n", c+1, cfg.Cycles, wrong, failed, time.Since(start).Round(time.Second))
 		}
 	}
 	elapsed := time.Since(start)
@@ -148,10 +164,31 @@ cat /tmp/soak.n.* | awk '{s+=$1} END {print s+0}'; head -5 /tmp/soak.bad 2>/dev/
 	if firstWrong != "" {
 		r.Notes = append(r.Notes, "First wrong read: "+firstWrong+".")
 	}
-	if wrong > 0 || oopses > 0 {
-		return r, fmt.Errorf("soak: %d wrong reads (first: %s), %d oopses or warnings", wrong, firstWrong, oopses)
+	r.Notes = append(r.Notes, fmt.Sprintf("Applies that failed: %d of %d, each checked to leave /proc/cmdline as it was.", failed, cfg.Cycles))
+	if failed > 0 {
+		r.Notes = append(r.Notes, "First failed apply: "+firstFailed+".")
+	}
+	if wrong > 0 || oopses > 0 || failed > 0 {
+		return r, fmt.Errorf("soak: %d wrong reads (first: %s), %d oopses or warnings, %d failed applies (first: %s)", wrong, firstWrong, oopses, failed, firstFailed)
 	}
 	return r, nil
+}
+
+// awaitNoPendingCall waits until a guest call that timed out has returned
+// (the engine takes no new call until then), for at most a minute.
+func (g *workloadGuest) awaitNoPendingCall(ctx context.Context) error {
+	deadline := time.Now().Add(time.Minute)
+	for delay := time.Millisecond; g.e.PendingCall() != 0; delay = min(2*delay, 100*time.Millisecond) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("a guest call that timed out has not returned after a minute (vCPU %d)", g.e.PendingCall())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+	}
+	return nil
 }
 
 func soakNames() string {

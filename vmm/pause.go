@@ -19,11 +19,13 @@ func (m *Machine) Pause(ctx context.Context) error {
 }
 
 func (m *Machine) pauseLocked(ctx context.Context) error {
-	if m.paused {
-		return ErrPaused
-	}
+	// Gone first: a pause whose resume failed because QEMU died leaves
+	// paused set.
 	if err := m.alive(); err != nil {
 		return err
+	}
+	if m.paused {
+		return ErrPaused
 	}
 	ev, err := m.gdb.Stop(ctx)
 	if err != nil {

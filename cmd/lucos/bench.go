@@ -69,12 +69,21 @@ func newBenchCmd() *cobra.Command {
 			busy := watchForeignQEMU(cmd.Context())
 			defer busy.stop()
 			var results []*bench.Result
+			var failed []string
 			for i, s := range run {
 				fmt.Fprintf(os.Stderr, "bench: [%d/%d] %s — %s\n", i+1, len(run), s.Name, s.Brief)
 				t0 := time.Now()
 				r, err := s.Run(cmd.Context(), opts, os.Stderr)
-				if err != nil {
+				if err != nil && (r == nil || cmd.Context().Err() != nil) {
 					return fmt.Errorf("bench %s: %w", s.Name, err)
+				}
+				if err != nil {
+					// The scenario ran and found something wrong (the
+					// soak's failed applies): its result says so, the
+					// others still run, and lucos exits non-zero.
+					fmt.Fprintf(os.Stderr, "bench: [%d/%d] %s FAILED: %v\n", i+1, len(run), s.Name, err)
+					r.Notes = append(r.Notes, "**This scenario failed:** "+err.Error())
+					failed = append(failed, s.Name)
 				}
 				fmt.Fprintf(os.Stderr, "bench: [%d/%d] %s done in %v (%v in all)\n", i+1, len(run), s.Name,
 					time.Since(t0).Round(time.Second), time.Since(start).Round(time.Second))
@@ -93,9 +102,15 @@ func newBenchCmd() *cobra.Command {
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
-				return enc.Encode(results)
+				if err := enc.Encode(results); err != nil {
+					return err
+				}
+			} else {
+				bench.Markdown(os.Stdout, results)
 			}
-			bench.Markdown(os.Stdout, results)
+			if len(failed) > 0 {
+				return fmt.Errorf("bench: %s failed (see its notes)", strings.Join(failed, ", "))
+			}
 			return nil
 		},
 	}
