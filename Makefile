@@ -63,7 +63,7 @@ fuzz:
 		done; \
 	done
 
-# Every benchmark scenario on fresh guests (~45 min on 2 cores, TCG, the 10,000-cycle soak included), then
+# Every benchmark scenario on fresh guests (~60 min on 2 cores, TCG: ~20 min, then the 10,000-cycle soak at ~4.7 cycles/s), then
 # docs/BENCHMARKS.md and its figures (docs/bench/*.svg) regenerated from
 # the run; progress goes to stderr, the tables to stdout.
 bench: guest
