@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lucos/lucos/launch"
+	"github.com/lucos/lucos/vmm"
 )
 
 // The soak: apply and roll back example patches in rotation, many times,
@@ -44,8 +45,10 @@ var soakRotation = []soakPatch{
 // soakReader runs on the guest until /tmp/soak.stop exists: it reads
 // /proc/cmdline over and over, appends every line that is neither the
 // original nor a patch's version to /tmp/soak.bad, counts its reads, and
-// says when it has stopped.
-const soakReader = `orig=$(cat /proc/cmdline); n=0
+// says when it has stopped. $1 is its number, $2 the original command line
+// (read by the host before any patch: a reader that read it itself could
+// start late, after the first apply, and take a patched line for it).
+const soakReader = `orig=$2; n=0
 while [ ! -e /tmp/soak.stop ]; do
 	l=$(cat /proc/cmdline)
 	case "$l" in
@@ -81,9 +84,13 @@ func RunSoak(ctx context.Context, opts launch.Options, progress io.Writer, cfg S
 		return nil, err
 	}
 	for i := range readers {
-		if _, err := g.m.ExecScript(ctx, "(sh -c '"+strings.ReplaceAll(soakReader, "'", `'\''`)+"' soak "+fmt.Sprint(i)+" >/dev/null 2>&1 &)"); err != nil {
+		if _, err := g.m.ExecScript(ctx, "(sh -c "+vmm.ShellQuote([]string{soakReader, "soak", fmt.Sprint(i), orig})+" >/dev/null 2>&1 &)"); err != nil {
 			return nil, fmt.Errorf("start reader %d: %w", i, err)
 		}
+	}
+	// Every reader has read once before the first apply.
+	if _, err := g.m.ExecScript(ctx, fmt.Sprintf(`until [ "$(ls /tmp/soak.n.* 2>/dev/null | wc -l)" -ge %d ]; do usleep 1000; done`, readers)); err != nil {
+		return nil, err
 	}
 	var pauses, commits, frees []float64
 	wrong, failed := 0, 0

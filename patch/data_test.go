@@ -276,6 +276,10 @@ func TestGuestCallTimeout(t *testing.T) {
 
 	t.Run("needs every vCPU", func(t *testing.T) {
 		holder := r.moduleAddr(t, "lucos_bugs_lock_holder")
+		// Built before the lock is taken: the holder gives up after 5 s
+		// of waiting for the callback, and a kbuild on a loaded host
+		// takes about that long.
+		lockStartup := buildPatch(t, "patch/testdata/lock-startup")
 		slow := r.e.SlowCalls()
 		// Another CPU holds lucos_bugs_lock, interrupts off, until 0.1 s
 		// after the callback starts waiting for it.
@@ -293,7 +297,7 @@ func TestGuestCallTimeout(t *testing.T) {
 			var b [4]byte
 			return r.k.ReadVirt(holder, b[:]) == nil && binary.LittleEndian.Uint32(b[:]) != 0
 		})
-		p := r.apply(t, buildPatch(t, "patch/testdata/lock-startup"))
+		p := r.apply(t, lockStartup)
 		if r.e.SlowCalls() == slow {
 			t.Errorf("the call returned while the other vCPUs were stopped; the test proves nothing")
 		}
