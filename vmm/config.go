@@ -130,6 +130,11 @@ func (c *Config) validate() error {
 	if c.ICount && c.Accel == AccelKVM {
 		return errICountKVM
 	}
+	if c.ICount && c.CPUs > 1 {
+		// Measured: the boot stops at "smp: Bringing up secondary CPUs"
+		// with shift=0, shift=3 and shift=auto alike.
+		return fmt.Errorf("--icount needs --cpus 1: QEMU 7.2's instruction clock does not bring up this kernel's second vCPU (the boot hangs)")
+	}
 	for _, d := range c.Disks {
 		if err := d.validate(); err != nil {
 			return err
