@@ -82,22 +82,36 @@ type Snapshot struct {
 // Snapshot pauses the VM, reads every task and vCPU and copies the live part
 // of every kernel stack, then resumes.
 func (k *Kernel) Snapshot(ctx context.Context) (*Snapshot, error) {
-	s := &Snapshot{k: k, stacks: map[uint64][]stackCopy{}, traces: map[uint64]Trace{}}
-	o := k.initORC() // vmlinux's tables, read once, the VM running: they never change
+	k.initORC() // vmlinux's tables, read once, the VM running: they never change
+	var s *Snapshot
 	pause, err := k.m.WithPaused(ctx, func(g *gdbstub.Client) error {
-		if err := s.readVCPUs(g); err != nil {
-			return err
-		}
-		if err := s.readTasks(); err != nil {
-			return err
-		}
-		if o.err == nil {
-			s.orcMods, s.orcErr = k.moduleORC(o)
-		}
-		return s.copyStacks()
+		var err error
+		s, err = k.SnapshotPaused(g)
+		return err
 	})
-	s.Pause = pause
 	if err != nil {
+		return nil, err
+	}
+	s.Pause = pause
+	return s, nil
+}
+
+// SnapshotPaused is Snapshot for a caller that already holds the VM
+// stopped (e.g. to explain a guest call that did not return); its Pause is
+// 0. It reads vmlinux's ORC tables first if no one has yet.
+func (k *Kernel) SnapshotPaused(g *gdbstub.Client) (*Snapshot, error) {
+	s := &Snapshot{k: k, stacks: map[uint64][]stackCopy{}, traces: map[uint64]Trace{}}
+	o := k.initORC()
+	if err := s.readVCPUs(g); err != nil {
+		return nil, err
+	}
+	if err := s.readTasks(); err != nil {
+		return nil, err
+	}
+	if o.err == nil {
+		s.orcMods, s.orcErr = k.moduleORC(o)
+	}
+	if err := s.copyStacks(); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -69,7 +69,7 @@ func (e *Engine) runCallback(ctx context.Context, g *gdbstub.Client, p *Patch, c
 	if err != nil {
 		return 0, fmt.Errorf("%s callback %s: %w", cb.Spec.Kind, cb.Spec.Fn, err)
 	}
-	ret, err := e.call(ctx, g, site, p.rt, cb.Fn, args...)
+	ret, err := e.call(ctx, g, site, p, cb.Fn, args...)
 	if err != nil {
 		return ret, fmt.Errorf("%s callback %s: %w", cb.Spec.Kind, cb.Spec.Fn, err)
 	}
@@ -113,7 +113,7 @@ func (e *Engine) transferAll(ctx context.Context, g *gdbstub.Client, p *Patch, f
 	}
 	for _, d := range p.data {
 		fn, name, src, dst := d.direction(forward)
-		if _, err := e.call(ctx, g, site, p.rt, fn, src, dst); err != nil {
+		if _, err := e.call(ctx, g, site, p, fn, src, dst); err != nil {
 			return fmt.Errorf("%s transfer %s of %s: %w", dir, name, d.name, err)
 		}
 		p.transfers.Add(1)
@@ -216,7 +216,7 @@ func (e *Engine) cleanup(ctx context.Context, g *gdbstub.Client, p *Patch) error
 	if err != nil {
 		return fmt.Errorf("free shadow variables: %w", err)
 	}
-	n, err := e.call(ctx, g, site, p.rt, p.rt.Exit)
+	n, err := e.call(ctx, g, site, p, p.rt.Exit)
 	if err != nil {
 		return fmt.Errorf("free shadow variables: %w", err)
 	}

@@ -314,6 +314,11 @@ func TestGuestCallTimeout(t *testing.T) {
 		if !errors.Is(err, patch.ErrCallTimeout) {
 			t.Fatalf("apply: %v; want a call timeout", err)
 		}
+		t.Logf("apply: %v", err)
+		// The error says where the call is stuck: in the callback's loop.
+		if !strings.Contains(err.Error(), "stuck-startup:wait_for_release+") {
+			t.Errorf("the timeout does not name where the call spins: %v", err)
+		}
 		if r.e.PendingCall() == 0 {
 			t.Fatal("no guest call pending after the timeout")
 		}

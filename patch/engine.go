@@ -194,7 +194,7 @@ func (e *Engine) apply(ctx context.Context, ko []byte, o Options) (*Patch, error
 	e.nextID++
 	p := &Patch{
 		id: strconv.Itoa(e.nextID), name: mod.Name, description: mod.Description, buildID: mod.BuildID,
-		release: mod.Release, funcs: funcs, slot: s, text: text, state: StateLoading,
+		release: mod.Release, funcs: funcs, slot: s, text: text, syms: img.Symbols, state: StateLoading,
 		history: []Event{{State: StateLoading, At: time.Now()}}, done: make(chan struct{}),
 		rt: img.Runtime, shell: img.Shell, data: dataItems(img), callbacks: img.Callbacks,
 		threadSeen: map[uint64]bool{}, callbackRuns: map[string]int{},

@@ -5,10 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/lucos/lucos/gdbstub"
-	"github.com/lucos/lucos/patch/loader"
 )
 
 // Guest calls run a function of a patch inside the guest, on one vCPU, and
@@ -84,11 +84,12 @@ type callSite struct {
 	idle bool // halted in the idle loop: needs a kick
 }
 
-// call runs fn(args...) (at most 5 args) through runtime rt on the vCPU
+// call runs fn(args...) (at most 5 args) through p's runtime on the vCPU
 // of site and returns fn's result. Lucos's own breakpoints and watchpoints
 // are lifted for the call so that it runs uninterrupted.
 // Precondition: the VM is stopped (the Machine's lock is held).
-func (e *Engine) call(ctx context.Context, g *gdbstub.Client, site callSite, rt loader.Runtime, fn uint64, args ...uint64) (uint64, error) {
+func (e *Engine) call(ctx context.Context, g *gdbstub.Client, site callSite, p *Patch, fn uint64, args ...uint64) (uint64, error) {
+	rt := p.rt
 	if len(args) > len(argRegs)-1 {
 		return 0, fmt.Errorf("guest call: %d arguments, at most %d", len(args), len(argRegs)-1)
 	}
@@ -101,7 +102,7 @@ func (e *Engine) call(ctx context.Context, g *gdbstub.Client, site callSite, rt 
 	if err := e.traps.lift(g); err != nil {
 		return 0, err
 	}
-	ret, err := e.callLifted(ctx, g, site, rt, fn, args)
+	ret, err := e.callLifted(ctx, g, site, p, fn, args)
 	if perr := e.traps.place(g); err == nil {
 		err = perr
 	}
@@ -109,7 +110,8 @@ func (e *Engine) call(ctx context.Context, g *gdbstub.Client, site callSite, rt 
 	return ret, err
 }
 
-func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSite, rt loader.Runtime, fn uint64, args []uint64) (uint64, error) {
+func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSite, p *Patch, fn uint64, args []uint64) (uint64, error) {
+	rt := p.rt
 	tid := site.tid
 	saved, err := g.ReadRegisters(tid)
 	if err != nil {
@@ -163,7 +165,7 @@ func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSit
 			return 0, err
 		}
 	}
-	ev, err := e.runCall(ctx, g, tid, rt, site.idle)
+	ev, err := e.runCall(ctx, g, tid, p, site.idle)
 	if errors.Is(err, errNotStarted) {
 		// Safe to undo: nothing of the call ran.
 		g.RemoveWatchpoint(gdbstub.WatchWrite, rt.Done, 8)
@@ -189,7 +191,8 @@ func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSit
 // once more. If it does not return within callAlone, every vCPU runs until
 // callTimeout. A call that never started (its vCPU never woke) is reported
 // as errNotStarted: its registers may then be put back.
-func (e *Engine) runCall(ctx context.Context, g *gdbstub.Client, tid int, rt loader.Runtime, kicked bool) (gdbstub.StopEvent, error) {
+func (e *Engine) runCall(ctx context.Context, g *gdbstub.Client, tid int, p *Patch, kicked bool) (gdbstub.StopEvent, error) {
+	rt := p.rt
 	ev, ok, err := e.runUntil(ctx, g, tid, callAlone, rt.Done)
 	if err != nil || ok {
 		return ev, err
@@ -211,7 +214,7 @@ func (e *Engine) runCall(ctx context.Context, g *gdbstub.Client, tid int, rt loa
 	if notStarted(g, tid, rt.Call) {
 		return ev, errNotStarted
 	}
-	return ev, fmt.Errorf("%w within %v on vCPU %d", ErrCallTimeout, callTimeout, tid)
+	return ev, fmt.Errorf("%w within %v on vCPU %d (%s)", ErrCallTimeout, callTimeout, tid, e.whereVCPUs(g, p))
 }
 
 // errNotStarted: the vCPU of a call never ran its first instruction.
@@ -470,4 +473,53 @@ func (e *Engine) runSlice(ctx context.Context, g *gdbstub.Client) error {
 			return nil
 		}
 	}
+}
+
+// whereVCPUs describes, for a call that did not return, where every vCPU
+// is: the task it runs and its innermost kernel frames (ORC), so that the
+// error names what the call waits for (a lock another vCPU holds, an
+// interrupt storm, a loop in p's code). Precondition: the VM is
+// stopped.
+func (e *Engine) whereVCPUs(g *gdbstub.Client, p *Patch) string {
+	snap, err := e.k.SnapshotPaused(g)
+	if err != nil {
+		return "vCPUs unreadable: " + err.Error()
+	}
+	comm := map[uint64]string{}
+	for _, t := range snap.Tasks {
+		comm[t.Addr] = fmt.Sprintf("pid %d %s", t.PID, t.Comm)
+	}
+	const maxShown = 8
+	var parts []string
+	for _, v := range snap.VCPUs {
+		if v.User {
+			parts = append(parts, fmt.Sprintf("vCPU %d: user mode (%s)", v.Thread, comm[v.Current]))
+			continue
+		}
+		tr := snap.Unwind(v.Current)
+		frames := []string{p.formatAddr(v.RIP)}
+		for i, f := range tr.Frames {
+			if i == 0 && f.IP == v.RIP {
+				continue
+			}
+			if len(frames) == maxShown {
+				frames = append(frames, "…")
+				break
+			}
+			frames = append(frames, p.formatAddr(f.IP))
+		}
+		parts = append(parts, fmt.Sprintf("vCPU %d (%s, %s stack): %s", v.Thread, comm[v.Current], v.Stack, strings.Join(frames, " ← ")))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// formatAddr names addr as symbol+offset in p's code (prefixed with the
+// patch's name), else in the kernel's.
+func (p *Patch) formatAddr(addr uint64) string {
+	for _, s := range p.syms {
+		if s.Func && addr >= s.Addr && addr < s.Addr+max(s.Size, 1) {
+			return fmt.Sprintf("%s:%s+%#x", p.name, s.Name, addr-s.Addr)
+		}
+	}
+	return p.k.FormatAddr(addr)
 }

@@ -60,7 +60,7 @@ func (e *Engine) kick(ctx context.Context, p *Patch, holders []introspect.Holder
 			if err != nil {
 				return err
 			}
-			ret, err := e.call(ctx, g, site, p.rt, p.rt.Kick, uint64(h.PID), h.Task)
+			ret, err := e.call(ctx, g, site, p, p.rt.Kick, uint64(h.PID), h.Task)
 			if err != nil {
 				return fmt.Errorf("kick pid %d (%s): %w", h.PID, h.Comm, err)
 			}

@@ -127,7 +127,7 @@ func (e *Engine) shellCall(ctx context.Context, p *Patch, fn uint64, args ...uin
 		if err != nil {
 			return err
 		}
-		ret, err = e.call(ctx, g, site, p.rt, fn, args...)
+		ret, err = e.call(ctx, g, site, p, fn, args...)
 		return err
 	})
 	if err != nil {

@@ -78,6 +78,7 @@ type Patch struct {
 	funcs       []Func
 	slot        *slot
 	text        []introspect.Range // the patch's executable pages
+	syms        []loader.Symbol    // the patch's own symbols, at their runtime addresses
 	state       State
 	history     []Event
 	loadPause   time.Duration // the longest of the load's pauses

@@ -138,14 +138,14 @@ func (e *Engine) onWatch(g *gdbstub.Client, ev gdbstub.StopEvent) {
 	site := callSite{tid: ev.Thread}
 	if d := w.data; d != nil {
 		fn, name, src, dst := d.direction(w.old)
-		if _, err := e.call(e.ctx, g, site, p.rt, fn, src, dst); err != nil {
+		if _, err := e.call(e.ctx, g, site, p, fn, src, dst); err != nil {
 			p.noteTrapError(fmt.Errorf("transfer %s for %s: %w", name, d.name, err))
 			return
 		}
 		p.transfers.Add(1)
 	}
 	for _, fn := range w.callbacks {
-		if _, err := e.call(e.ctx, g, site, p.rt, fn, w.addr); err != nil {
+		if _, err := e.call(e.ctx, g, site, p, fn, w.addr); err != nil {
 			p.noteTrapError(fmt.Errorf("data callback at %#x: %w", w.addr, err))
 			return
 		}
