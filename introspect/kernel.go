@@ -222,7 +222,11 @@ func (k *Kernel) read32(va uint64) (uint32, error) {
 
 // perCPUAddr is the address of per-CPU variable name on cpu.
 func (k *Kernel) perCPUAddr(name string, cpu int) uint64 {
-	return k.PerCPU[cpu] + k.must(name)
+	off, ok := k.offs.perCPU[name]
+	if !ok {
+		panic("introspect: per-CPU variable " + name + " is not in perCPUVars")
+	}
+	return k.PerCPU[cpu] + off
 }
 
 // Symbol returns a symbol by name and sympos (0: must be unique) with its

@@ -14,15 +14,19 @@ import (
 )
 
 // ErrModuleLayout means the kernel's struct module is not one lucos knows
-// how to read (kernels from 6.4 keep their memory in mem[], not
-// core_layout).
+// how to read.
 var ErrModuleLayout = errors.New("unknown struct module layout")
 
 // Module is a kernel module loaded in the guest.
 type Module struct {
 	Name string
-	Base uint64 // core_layout.base (runtime address)
-	Size uint64 // core_layout.size
+	// Base and Size are the module's core: before Linux 6.4 core_layout,
+	// one block of text, rodata and data; from 6.4 mem[MOD_TEXT], its text.
+	Base uint64
+	Size uint64
+	// Data is where its writable data may be: before 6.4 the same core
+	// block, from 6.4 mem[MOD_DATA].
+	Data Range
 	// Symbols are the module's kallsyms: Addr is the runtime address, Type
 	// the letter of the module's typetab, Size the ELF symbol's st_size and
 	// Pos the 1-based position among the module's symbols of the same name,
@@ -67,6 +71,7 @@ type moduleLayout struct {
 	state, stateWidth           uint64
 	kallsyms, base, size        uint64
 	sizeWidth                   uint64
+	dataBase, dataSize          uint64 // mem[MOD_DATA] (6.4+); else base and size
 	kallsymsSize                uint64 // sizeof(struct mod_kallsyms)
 	symtab, numSymtab, numWidth uint64
 	strtab, typetab             uint64
@@ -77,12 +82,6 @@ func (k *Kernel) moduleLayout() (*moduleLayout, error) {
 	spec := k.Image.BTF
 	if spec == nil {
 		return nil, fmt.Errorf("modules: %w", kimage.ErrNoBTF)
-	}
-	if _, err := k.FieldOffset("struct module", "core_layout"); err != nil {
-		if _, err2 := k.FieldOffset("struct module", "mem"); err2 == nil {
-			return nil, fmt.Errorf("modules: %w: struct module has mem[] (Linux 6.4 or later), not core_layout", ErrModuleLayout)
-		}
-		return nil, fmt.Errorf("modules: %w: %w", ErrModuleLayout, err)
 	}
 	l := &moduleLayout{}
 	var err error
@@ -111,10 +110,22 @@ func (k *Kernel) moduleLayout() (*moduleLayout, error) {
 	width(&l.stateWidth, "module", "state", 4)
 	field(&l.kallsyms, "struct module", "kallsyms")
 	width(new(uint64), "module", "kallsyms", 8)
-	field(&l.base, "struct module", "core_layout.base")
-	width(new(uint64), "module", "core_layout.base", 8)
-	field(&l.size, "struct module", "core_layout.size")
-	width(&l.sizeWidth, "module", "core_layout.size", 4, 8)
+	core, data := "core_layout", "core_layout"
+	if _, cerr := k.FieldOffset("struct module", core); cerr != nil {
+		// Linux 6.4 split the module's memory by kind into mem[].
+		text, terr := enumValue(spec, "mod_mem_type", "MOD_TEXT")
+		rw, derr := enumValue(spec, "mod_mem_type", "MOD_DATA")
+		if _, merr := k.FieldOffset("struct module", "mem"); merr != nil || terr != nil || derr != nil {
+			return nil, fmt.Errorf("modules: %w: struct module has neither core_layout (%w) nor mem[MOD_TEXT] and mem[MOD_DATA]", ErrModuleLayout, cerr)
+		}
+		core, data = fmt.Sprintf("mem[%d]", text), fmt.Sprintf("mem[%d]", rw)
+	}
+	field(&l.base, "struct module", core+".base")
+	width(new(uint64), "module", core+".base", 8)
+	field(&l.size, "struct module", core+".size")
+	width(&l.sizeWidth, "module", core+".size", 4, 8)
+	field(&l.dataBase, "struct module", data+".base")
+	field(&l.dataSize, "struct module", data+".size")
 	field(&l.symtab, "struct mod_kallsyms", "symtab")
 	field(&l.numSymtab, "struct mod_kallsyms", "num_symtab")
 	width(&l.numWidth, "mod_kallsyms", "num_symtab", 4, 8)
@@ -186,6 +197,8 @@ func (k *Kernel) readModule(l *moduleLayout, addr uint64) (m Module, live bool, 
 		Base: binary.LittleEndian.Uint64(b[l.base:]),
 		Size: leUint(b[l.size:], l.sizeWidth),
 	}
+	m.Data.Start = binary.LittleEndian.Uint64(b[l.dataBase:])
+	m.Data.End = m.Data.Start + leUint(b[l.dataSize:], l.sizeWidth)
 	ks := binary.LittleEndian.Uint64(b[l.kallsyms:])
 	if m.Symbols, err = k.readModuleSymbols(l, ks); err != nil {
 		return m, false, fmt.Errorf("module %s (struct module at %#x): %w", m.Name, addr, err)
@@ -298,11 +311,24 @@ func memberSize(spec *btf.Spec, structName, path string) (uint64, error) {
 	}
 	typ = s
 	for _, name := range strings.Split(path, ".") {
+		// "mem[0]": an element of an array member (its index does not
+		// change its size).
+		name, indexed := strings.CutSuffix(name, "]")
+		if indexed {
+			name, _, _ = strings.Cut(name, "[")
+		}
 		m, ok := findMemberType(btf.UnderlyingType(typ), name)
 		if !ok {
 			return 0, fmt.Errorf("struct %s has no member %s: %w", structName, path, kimage.ErrNotFound)
 		}
 		typ = m
+		if indexed {
+			a, ok := btf.UnderlyingType(typ).(*btf.Array)
+			if !ok {
+				return 0, fmt.Errorf("struct %s: %s in %s is no array", structName, name, path)
+			}
+			typ = a.Type
+		}
 	}
 	n, err := btf.Sizeof(typ)
 	if err != nil {

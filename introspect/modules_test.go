@@ -250,20 +250,58 @@ func TestModulesUnmappedKallsyms(t *testing.T) {
 	t.Log(err)
 }
 
-// Linux 6.4 replaced core_layout with mem[MOD_MEM_NUM_TYPES]: refused by name.
-func TestModulesRefuses64Layout(t *testing.T) {
-	ram, pgd := tables()
-	mem := &moduleRAM{ram: ram, pgd: pgd}
+// btf64Module is struct module as Linux 6.4 made it: mem[MOD_MEM_NUM_TYPES]
+// in place of core_layout, mem[MOD_TEXT] (here 1, to prove the index is
+// read from the enum) at tmLayout. withMem false leaves mem out.
+func btf64Module(withMem bool) (*btf.Struct, *btf.Enum) {
 	memType := &btf.Struct{Name: "module_memory", Size: 16, Members: []btf.Member{
 		{Name: "base", Type: &btf.Pointer{Target: &btf.Void{}}},
 		{Name: "size", Type: btfUint, Offset: 64},
 	}}
-	mod := &btf.Struct{Name: "module", Size: 200, Members: []btf.Member{
-		{Name: "state", Type: btfModuleState()},
-		{Name: "list", Type: btfListHead(), Offset: 64},
-		{Name: "mem", Type: &btf.Array{Index: btfUint, Type: memType, Nelems: 7}, Offset: 24 * 8},
+	kinds := &btf.Enum{Name: "mod_mem_type", Size: 4, Values: []btf.EnumValue{
+		{Name: "MOD_DATA", Value: 0}, {Name: "MOD_TEXT", Value: 1}, {Name: "MOD_MEM_NUM_TYPES", Value: 2},
 	}}
-	_, err := moduleKernel(t, specOf(t, mod), mem, directMap).Modules()
+	members := []btf.Member{
+		{Name: "state", Type: btfModuleState(), Offset: tmState * 8},
+		{Name: "list", Type: btfListHead(), Offset: tmList * 8},
+		{Name: "name", Type: &btf.Array{Index: btfUint, Type: btfChar, Nelems: tmNameLen}, Offset: tmName * 8},
+		{Name: "kallsyms", Type: &btf.Pointer{Target: btfModKallsyms()}, Offset: tmKallsyms * 8},
+	}
+	if withMem {
+		members = append(members, btf.Member{Name: "mem", Type: &btf.Array{Index: btfUint, Type: memType, Nelems: 2}, Offset: (tmLayout - 16) * 8})
+	}
+	return &btf.Struct{Name: "module", Size: tmSize, Members: members}, kinds
+}
+
+// Linux 6.4 replaced core_layout with mem[]: a module's Base and Size are
+// then those of its text, mem[MOD_TEXT].
+func TestModules64Layout(t *testing.T) {
+	ram, pgd := tables()
+	mem := &moduleRAM{ram: ram, pgd: pgd}
+	const head, mod, base = directMap + 0x10000, directMap + 0x20000, 0xffffffffc0002000
+	mem.link(head, mod+tmList)
+	mem.addModule(mod, 0, "new", base, 0x1800, directMap+0x50000, directMap+0x51000, []fakeSym{{"", 0, 0, 0}, {"fn", base + 0x10, 0x20, 't'}})
+	mem.u64(mod+tmLayout-16, base+0x4000) // mem[MOD_DATA]
+	mem.u32(mod+tmLayout-8, 0x200)
+	spec := specOf(t, func() []btf.Type { m, e := btf64Module(true); return []btf.Type{m, e} }()...)
+	mods, err := moduleKernel(t, spec, mem, head).Modules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mods) != 1 || mods[0].Base != base || mods[0].Size != 0x1800 || len(mods[0].Symbols) != 1 {
+		t.Fatalf("modules %+v, want new at %#x size 0x1800 with fn", mods, uint64(base))
+	}
+	if d := mods[0].Data; d.Start != base+0x4000 || d.End != base+0x4200 {
+		t.Errorf("data %#x-%#x, want mem[MOD_DATA] %#x+0x200", d.Start, d.End, uint64(base+0x4000))
+	}
+}
+
+// A struct module with neither core_layout nor mem[] is refused by name.
+func TestModulesRefusesUnknownLayout(t *testing.T) {
+	ram, pgd := tables()
+	mem := &moduleRAM{ram: ram, pgd: pgd}
+	m, e := btf64Module(false)
+	_, err := moduleKernel(t, specOf(t, m, e), mem, directMap).Modules()
 	if !errors.Is(err, ErrModuleLayout) {
 		t.Fatalf("err %v, want ErrModuleLayout", err)
 	}

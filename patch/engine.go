@@ -269,7 +269,7 @@ func (e *Engine) checkFuncs(img *loader.Image) ([]Func, error) {
 	live := e.liveFuncs()
 	var funcs []Func
 	for _, f := range img.Funcs {
-		nf := Func{Name: f.Old.Name, Pos: f.Old.Pos, OldAddr: f.OldAddr, OldSize: f.Old.Size, New: f.New, NewSize: f.NewSize,
+		nf := Func{Name: f.Old.Name, Pos: f.Old.Pos, OldAddr: f.OldAddr, OldSize: f.OldSize, New: f.New, NewSize: f.NewSize,
 			Orig: append([]byte(nil), f.OldEntry[:]...)}
 		if id, ok := live[f.OldAddr]; ok {
 			below := e.byID(id)

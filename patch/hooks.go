@@ -86,7 +86,7 @@ func buildHooks(cbs []loader.Callback, funcs []Func, entry func(uint64) ([]byte,
 				i = j
 			}
 		}
-		target := cb.SymAddr + 5 // the body after the ftrace NOP
+		target := cb.SymAddr + 5 // the body after the ftrace NOP (SymAddr is past any endbr64)
 		if i >= 0 {
 			target = out[i].New
 		} else {
@@ -94,7 +94,7 @@ func buildHooks(cbs []loader.Callback, funcs []Func, entry func(uint64) ([]byte,
 			if err != nil {
 				return nil, nil, nil, err
 			}
-			out = append(out, Func{Name: cb.Spec.Symbol, Pos: cb.Spec.Pos, OldAddr: cb.SymAddr, OldSize: cb.Sym.Size, Orig: orig, Hook: true})
+			out = append(out, Func{Name: cb.Spec.Symbol, Pos: cb.Spec.Pos, OldAddr: cb.SymAddr, OldSize: cb.SymSize, Orig: orig, Hook: true})
 			i = len(out) - 1
 		}
 		once, count := dataVA+uint64(len(data)), dataVA+uint64(len(data))+8

@@ -108,10 +108,10 @@ func (t *target) Symbol(name string, pos int) (kimage.Symbol, uint64, error) {
 }
 
 // ModuleData reports whether [addr, addr+size) lies inside one loaded
-// module (the loader has checked that the symbol there is writable data).
+// module's data (the loader has checked that the symbol there is writable data).
 func (t *target) ModuleData(addr, size uint64) bool {
 	for _, m := range t.mods {
-		if addr >= m.Base && addr+size <= m.Base+m.Size {
+		if addr >= m.Data.Start && addr+size >= addr && addr+size <= m.Data.End {
 			return true
 		}
 	}

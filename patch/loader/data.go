@@ -514,17 +514,22 @@ func (l *linker) linkCallbacks() error {
 		case err != nil:
 			return fmt.Errorf("resolve %s: %w", cs.Symbol, err)
 		}
+		cb.Sym, cb.SymAddr, cb.SymSize = sym, addr, sym.Size
 		switch cs.Kind {
 		case CallbackFunc:
 			if !sym.Text() {
 				return refuse(callbacksSection, cs.Symbol, nil, "%s: not a function (kallsyms type %c)", cs.macro(), sym.Type)
 			}
+			site, _, err := entrySite(l.t, sym, addr)
+			if err != nil {
+				return refuse(callbacksSection, cs.Symbol, err, "%s: %v", cs.macro(), err)
+			}
+			cb.SymAddr, cb.SymSize = site, sym.Size-(site-addr)
 		case CallbackData:
 			if err := l.checkKernelData(callbacksSection, cs.Symbol, cs.macro(), sym, addr, 1); err != nil {
 				return err
 			}
 		}
-		cb.Sym, cb.SymAddr = sym, addr
 		l.callbacks = append(l.callbacks, cb)
 	}
 	return nil

@@ -121,6 +121,7 @@
 //	.altinstructions            consume  alternatives, applied for the guest CPU's features (boot_cpu_data)
 //	__jump_table                consume  static branches, set from each key's state at link time; the sites are not registered, so later key changes do not reach them (Image.JumpSites lists them)
 //	.return_sites               consume  `jmp __x86_return_thunk` sites, re-targeted to the thunk the kernel chose (x86_return_thunk)
+//	.call_sites                 consume  direct calls a kernel running call-depth tracking re-targets to accounting thunks: left as they are, as the kernel's module loader does, unless the guest set thunks_initialized at boot (retbleed=stuff), which is refused
 //	__ex_table                  register exception table of inline user or unsafe memory access (unsafe_get_user, __get_kernel_nofault, *_safe MSR access): loaded RO, sorted by instruction, registered as the shell's extable, so a fault there is fixed up (-EFAULT) as in a module; needs the lucos runtime
 //	.orc_unwind_ip              register ORC unwind table: loaded RO, sorted by address with .orc_unwind, registered as the shell's ORC table, so the guest's unwinder (oops traces, /proc/PID/stack) sees through patch code
 //	.orc_unwind                 register as .orc_unwind_ip
@@ -133,6 +134,7 @@
 //	.init.*                     ignore   module_init never runs; code referencing init code or data is refused
 //	.exit.*                     ignore   module_exit never runs; code referencing exit code or data is refused
 //	.orc_header                 ignore   ORC format header (Linux 6.4 and later)
+//	__patchable_function_entries ignore   where the 16-byte NOP padding before each function is (CALL_PADDING, Linux 6.2+): x86's module loader reads nothing from it (ftrace uses __mcount_loc)
 //	.static_call_sites          ignore   static_call() sites keep calling the trampoline, which the kernel keeps current
 //	.retpoline_sites            ignore   calls through __x86_indirect_thunk_* stay; the thunks carry the kernel's chosen mitigation
 //	.smp_locks                  ignore   lock prefixes stay: always correct, only a UP kernel would strip them
@@ -152,7 +154,6 @@
 //	__bpf_raw_tp_map            refuse   as _ftrace_events
 //	__trace_printk_fmt          refuse   trace_printk formats would need registration
 //	.static_call.text           refuse   static calls defined in a patch would need registration
-//	.call_sites                 refuse   call-depth tracking (Linux 6.2+) is not implemented
 //	.kcfi_traps                 refuse   kCFI (clang) is not implemented
 //	.init_array                 refuse   constructors never run
 //	.ctors                      refuse   constructors never run

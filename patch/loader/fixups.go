@@ -2,7 +2,10 @@ package loader
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+
+	"github.com/lucos/lucos/kimage"
 )
 
 // consumed returns the consumed section of that name with its scratch
@@ -85,12 +88,16 @@ func (l *linker) applyMcount() error {
 }
 
 // applyReturns handles .return_sites: the compiler's `jmp
-// __x86_return_thunk` (or jcc) at every return. The kernel rewrites its own
-// sites at boot to `jmp x86_return_thunk` (the thunk its mitigation chose)
-// or, without X86_FEATURE_RETHUNK, to `ret`. lucos re-targets the jump to
-// x86_return_thunk's current value, which is the kernel's choice in the
-// first case and __x86_return_thunk itself (a bare `ret`) in the second: the
-// same behaviour without depending on a feature-bit number.
+// __x86_return_thunk` (or jcc) at every return, rewritten as the kernel's
+// patch_return (arch/x86/kernel/alternative.c) rewrites its own at boot.
+// When the kernel chose a return thunk for its mitigation (x86_return_thunk
+// is no longer __x86_return_thunk: retbleed, SRSO, ITS), a site jumps to
+// that thunk — with ITS's its_return_thunk only a site in the lower half of
+// a 64-byte line, the others return directly. Otherwise the site becomes
+// `ret` and int3s: since 6.2 __x86_return_thunk is not a return but a
+// warning ("Unpatched return thunk in use"), and in 6.1, where it is a bare
+// `ret`, the rewrite does the same. A jcc cannot become a conditional
+// return: it is pointed at one of the patch's own rewritten `ret`s.
 func (l *linker) applyReturns() error {
 	s, base, b := l.consumed(".return_sites")
 	if s == nil {
@@ -111,6 +118,20 @@ func (l *linker) applyReturns() error {
 		}
 		thunk = binary.LittleEndian.Uint64(v[:])
 	}
+	its := uint64(0)
+	if _, a, err := l.t.Symbol("its_return_thunk", 0); err == nil {
+		its = a
+	}
+	wantsThunk := func(site uint64) bool {
+		return thunk != def && (thunk != its || site&0x20 == 0)
+	}
+	type jcc struct {
+		off        int
+		site, next uint64
+		disp       []byte
+	}
+	var conds []jcc
+	ret := uint64(0) // a site rewritten to `ret`, for the jccs
 	for off := 0; off < len(b); off += 4 {
 		if l.droppedEntry(s, uint64(off), 4) {
 			continue
@@ -136,9 +157,54 @@ func (l *linker) applyReturns() error {
 		if rel32Dest(next, disp) != def {
 			return formatErr(s.name, uint64(off), "return site %#x jumps to %#x, not __x86_return_thunk (%#x)", site, rel32Dest(next, disp), def)
 		}
-		if !setRel32(disp, next, thunk) {
-			return refuseAt(s.name, uint64(off), "x86_return_thunk", nil, "the kernel's return thunk %#x is out of reach of %#x", thunk, site)
+		switch {
+		case wantsThunk(site):
+			if !setRel32(disp, next, thunk) {
+				return refuseAt(s.name, uint64(off), "x86_return_thunk", nil, "the kernel's return thunk %#x is out of reach of %#x", thunk, site)
+			}
+		case code[0] == 0xe9:
+			copy(code, []byte{0xc3, 0xcc, 0xcc, 0xcc, 0xcc}) // ret; int3
+			ret = site
+		default:
+			conds = append(conds, jcc{off, site, next, disp})
 		}
+	}
+	for _, c := range conds {
+		if ret == 0 {
+			return refuseAt(s.name, uint64(c.off), "__x86_return_thunk", nil, "conditional return at %#x: the kernel returns directly, and the patch has no plain return to point it at", c.site)
+		}
+		if !setRel32(c.disp, c.next, ret) {
+			return refuseAt(s.name, uint64(c.off), "__x86_return_thunk", nil, "conditional return at %#x: the patch's return at %#x is out of reach", c.site, ret)
+		}
+	}
+	return nil
+}
+
+// checkCallSites handles .call_sites (CONFIG_MITIGATION_CALL_DEPTH_TRACKING,
+// Linux 6.2+): the patch's direct calls, which a kernel that runs call-depth
+// tracking (retbleed=stuff) re-targets to its callees' accounting thunks in
+// their padding. As the kernel's own module loader does
+// (callthunks_patch_module_calls), lucos leaves the calls alone unless the
+// kernel enabled the thunks at boot (thunks_initialized); then it refuses:
+// patch code without them would unbalance the kernel's call-depth count.
+func (l *linker) checkCallSites() error {
+	s, _, b := l.consumed(".call_sites")
+	if s == nil {
+		return nil
+	}
+	_, addr, err := l.t.Symbol("thunks_initialized", 0)
+	if errors.Is(err, kimage.ErrNotFound) {
+		return nil // a kernel without call-depth tracking never re-targets calls
+	}
+	if err != nil {
+		return fmt.Errorf("kernel symbol thunks_initialized: %w", err)
+	}
+	var on [1]byte
+	if err := l.t.ReadVirt(addr, on[:]); err != nil {
+		return fmt.Errorf("read thunks_initialized: %w", err)
+	}
+	if on[0] != 0 {
+		return refuse(s.name, "thunks_initialized", nil, "the guest kernel runs call-depth tracking (retbleed=stuff): the patch's %d calls would need its accounting thunks, which lucos does not build", len(b)/4)
 	}
 	return nil
 }

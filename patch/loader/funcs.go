@@ -37,26 +37,59 @@ func (l *linker) checkFuncs() error {
 		if !sym.Text() {
 			return refuse(sec, fs.OldName, nil, "not a function (kallsyms type %c)", sym.Type)
 		}
-		if sym.Size < 5 {
-			return refuse(sec, fs.OldName, nil, "the function is %d bytes: too short for a 5-byte jump", sym.Size)
-		}
 		if other, dup := seen[addr]; dup {
 			return refuse(sec, fs.OldName, nil, "replaced twice (also as %s)", other)
 		}
 		seen[addr] = fs.OldName
-		var entry [5]byte
-		if err := l.t.ReadVirt(addr, entry[:]); err != nil {
-			return fmt.Errorf("read the entry of %s at %#x: %w", fs.OldName, addr, err)
+		site, entry, err := entrySite(l.t, sym, addr)
+		if err != nil {
+			return refuse(sec, fs.OldName, err, "%v", err)
 		}
 		if entry != ftraceNOP {
-			if c, ok := l.t.(Chainer); !ok || !c.ChainsOver(addr, entry) {
-				return refuse(sec, fs.OldName, nil, "%s", entryProblem(entry, addr))
+			if c, ok := l.t.(Chainer); !ok || !c.ChainsOver(site, entry) {
+				return refuse(sec, fs.OldName, nil, "%s", entryProblem(entry, site))
 			}
 		}
 		newAddr := l.addr[fs.newSec] + fs.newOff
-		l.funcs = append(l.funcs, Func{Old: sym, OldAddr: addr, OldEntry: entry, New: newAddr, NewSize: fs.newSize, NewName: fs.NewSymbol})
+		l.funcs = append(l.funcs, Func{Old: sym, OldAddr: site, OldSize: sym.Size - (site - addr), OldEntry: entry,
+			New: newAddr, NewSize: fs.newSize, NewName: fs.NewSymbol})
 	}
 	return nil
+}
+
+// endbr64 starts every function that may be called indirectly in a kernel
+// built with IBT (CONFIG_X86_KERNEL_IBT, Debian's from 6.2 on); at boot the
+// kernel overwrites those whose address is never taken (.ibt_endbr_seal)
+// with endbrPoison, a 4-byte NOP (is_endbr, arch/x86/include/asm/ibt.h).
+var (
+	endbr64     = [4]byte{0xf3, 0x0f, 0x1e, 0xfa}
+	endbrPoison = [4]byte{0x66, 0x0f, 0x1f, 0x00}
+)
+
+// entrySite finds the ftrace site of kernel function sym at runtime
+// address addr: its first byte, or, after an endbr64 (or its sealed NOP),
+// the byte after it. The redirect's 5-byte jump goes there: the endbr
+// stays where indirect calls land, and a thread on it has not entered the
+// old body. It returns the site and the 5 bytes there.
+func entrySite(t Target, sym kimage.Symbol, addr uint64) (uint64, [5]byte, error) {
+	var b [len(endbr64) + 5]byte
+	var entry [5]byte
+	n := min(sym.Size, uint64(len(b)))
+	if n < 5 {
+		return 0, entry, fmt.Errorf("the function is %d bytes: too short for a 5-byte jump", sym.Size)
+	}
+	if err := t.ReadVirt(addr, b[:n]); err != nil {
+		return 0, entry, fmt.Errorf("read the entry of %s at %#x: %w", sym.Name, addr, err)
+	}
+	site := addr
+	if head := [4]byte(b[:4]); head == endbr64 || head == endbrPoison {
+		if n < uint64(len(b)) {
+			return 0, entry, fmt.Errorf("the function is %d bytes: too short for a 5-byte jump after its endbr64", sym.Size)
+		}
+		site += uint64(len(endbr64))
+	}
+	copy(entry[:], b[site-addr:])
+	return site, entry, nil
 }
 
 // entryProblem says why a function entry is not the ftrace NOP.

@@ -44,12 +44,15 @@ type Range struct{ Start, End uint64 }
 // Contains reports whether addr is in r.
 func (r Range) Contains(addr uint64) bool { return addr >= r.Start && addr < r.End }
 
-// Func is one redirect the engine will install: OldAddr's first 5 bytes
+// Func is one redirect the engine will install: the 5 bytes at OldAddr
 // (OldEntry, the ftrace NOP at link time) become `jmp New`.
 type Func struct {
-	Old      kimage.Symbol // the kernel function, at its link-time address
-	OldAddr  uint64        // runtime address (KASLR applied)
-	OldEntry [5]byte       // its first bytes as read while linking; rollback restores these
+	Old kimage.Symbol // the kernel function, at its link-time address
+	// OldAddr is the runtime address (KASLR applied) of the function's
+	// ftrace site: its start, or 4 bytes on when it starts with endbr64
+	// (IBT); OldSize counts from there to its end.
+	OldAddr, OldSize uint64
+	OldEntry         [5]byte // the bytes at OldAddr as read while linking; rollback restores these
 	New      uint64        // runtime address of the replacement in the patch
 	NewSize  uint64        // its size
 	NewName  string        // the replacement's symbol in the patch
@@ -69,12 +72,14 @@ type Data struct {
 
 // Callback is one callback linked: Fn is its runtime address; Sym and
 // SymAddr are the function (func callbacks) or variable (data callbacks)
-// it is about, SymAddr 0 if none. A data callback on the patch's own
+// it is about, SymAddr 0 if none. For a function SymAddr is its ftrace
+// site, as Func.OldAddr, and SymSize counts from there. A data callback on the patch's own
 // variable has a Sym made from the patch's symbol (type 'd').
 type Callback struct {
 	Spec    CallbackSpec
 	Sym     kimage.Symbol
 	SymAddr uint64
+	SymSize uint64
 	Fn      uint64
 }
 

@@ -33,7 +33,8 @@ type Target interface {
 	Sizeof(typ string) (uint64, error)
 }
 
-// origPrefix marks LUCOS_ORIG(fn): fn's body after its 5-byte ftrace NOP.
+// origPrefix marks LUCOS_ORIG(fn): fn's body after its 5-byte ftrace NOP
+// (and its endbr64, if any).
 const origPrefix = "__lucos_orig__"
 
 // ftraceNOP is the 5-byte NOP at every traceable function's entry in the
@@ -68,6 +69,7 @@ func (m *Module) Link(t Target, base, size uint64) (*Image, error) {
 		l.applyReturns, // before alternatives, as the kernel orders them
 		l.applyAlternatives,
 		l.applyMcount,
+		l.checkCallSites,
 		l.applyJumpTable,
 		l.applyBugTable,
 		l.checkFuncs,
@@ -272,17 +274,20 @@ func (l *linker) resolveOrig(fn, ref string, from *section, off uint64) (uint64,
 		}
 		return 0, refuseAt(from.name, off, ref, err, "LUCOS_ORIG(%s): %v", fn, err)
 	}
-	if !sym.Text() || sym.Size <= 5 {
-		return 0, refuseAt(from.name, off, ref, nil, "LUCOS_ORIG(%s): %s is not a function with a body after its entry (%c, %d bytes)", fn, fn, sym.Type, sym.Size)
+	if !sym.Text() {
+		return 0, refuseAt(from.name, off, ref, nil, "LUCOS_ORIG(%s): %s is not a function (%c)", fn, fn, sym.Type)
 	}
-	var entry [5]byte
-	if err := l.t.ReadVirt(addr, entry[:]); err != nil {
-		return 0, fmt.Errorf("LUCOS_ORIG(%s): read its entry at %#x: %w", fn, addr, err)
+	site, entry, err := entrySite(l.t, sym, addr)
+	if err == nil && sym.Size <= site-addr+5 {
+		err = fmt.Errorf("it has no body after its entry (%d bytes)", sym.Size)
+	}
+	if err != nil {
+		return 0, refuseAt(from.name, off, ref, err, "LUCOS_ORIG(%s): %v", fn, err)
 	}
 	if entry != ftraceNOP {
-		return 0, refuseAt(from.name, off, ref, nil, "LUCOS_ORIG(%s): %s", fn, entryProblem(entry, addr))
+		return 0, refuseAt(from.name, off, ref, nil, "LUCOS_ORIG(%s): %s", fn, entryProblem(entry, site))
 	}
-	return addr + 5, nil
+	return site + 5, nil
 }
 
 // relocate applies the relocations of every placed section.

@@ -91,6 +91,7 @@ var sectionRules = []sectionRule{
 	{".altinstructions", Consume, "alternatives, applied for the guest CPU's features (boot_cpu_data)"},
 	{"__jump_table", Consume, "static branches, set from each key's state at link time; the sites are not registered, so later key changes do not reach them (Image.JumpSites lists them)"},
 	{".return_sites", Consume, "`jmp __x86_return_thunk` sites, re-targeted to the thunk the kernel chose (x86_return_thunk)"},
+	{".call_sites", Consume, "direct calls a kernel running call-depth tracking re-targets to accounting thunks: left as they are, as the kernel's module loader does, unless the guest set thunks_initialized at boot (retbleed=stuff), which is refused"},
 
 	// Registered with the guest kernel in the module shell.
 	{"__ex_table", Register, "exception table of inline user or unsafe memory access (unsafe_get_user, __get_kernel_nofault, *_safe MSR access): loaded RO, sorted by instruction, registered as the shell's extable, so a fault there is fixed up (-EFAULT) as in a module; needs the lucos runtime"},
@@ -109,6 +110,7 @@ var sectionRules = []sectionRule{
 	{".init.*", Ignore, "module_init never runs; code referencing init code or data is refused"},
 	{".exit.*", Ignore, "module_exit never runs; code referencing exit code or data is refused"},
 	{".orc_header", Ignore, "ORC format header (Linux 6.4 and later)"},
+	{"__patchable_function_entries", Ignore, "where the 16-byte NOP padding before each function is (CALL_PADDING, Linux 6.2+): x86's module loader reads nothing from it (ftrace uses __mcount_loc)"},
 	{".static_call_sites", Ignore, "static_call() sites keep calling the trampoline, which the kernel keeps current"},
 	{".retpoline_sites", Ignore, "calls through __x86_indirect_thunk_* stay; the thunks carry the kernel's chosen mitigation"},
 	{".smp_locks", Ignore, "lock prefixes stay: always correct, only a UP kernel would strip them"},
@@ -130,7 +132,6 @@ var sectionRules = []sectionRule{
 	{"__bpf_raw_tp_map", Refuse, "as _ftrace_events"},
 	{"__trace_printk_fmt", Refuse, "trace_printk formats would need registration"},
 	{".static_call.text", Refuse, "static calls defined in a patch would need registration"},
-	{".call_sites", Refuse, "call-depth tracking (Linux 6.2+) is not implemented"},
 	{".kcfi_traps", Refuse, "kCFI (clang) is not implemented"},
 	{".init_array", Refuse, "constructors never run"},
 	{".ctors", Refuse, "constructors never run"},

@@ -21,6 +21,7 @@
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/string.h>
+#include <linux/version.h>
 #include <linux/workqueue.h>
 #include <lucos/patch.h>
 
@@ -307,11 +308,24 @@ static long lucos_shell_add(void)
 	INIT_LIST_HEAD(&mod->target_list);
 	atomic_set(&mod->refcnt, MODULE_REF_BASE);
 #endif
+	/* The slot's image: text, then rodata, then data (no ro_after_init). */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 4, 0)
+	/* 6.4 split the module's memory by kind; mod_tree_insert skips the empty ones. */
+	mod->mem[MOD_TEXT].base = (void *)base;
+	mod->mem[MOD_TEXT].size = d->text_size;
+	mod->mem[MOD_RODATA].base = (void *)(base + d->text_size);
+	mod->mem[MOD_RODATA].size = d->ro_size - d->text_size;
+	mod->mem[MOD_RO_AFTER_INIT].base = (void *)(base + d->ro_size);
+	mod->mem[MOD_RO_AFTER_INIT].size = 0;
+	mod->mem[MOD_DATA].base = (void *)(base + d->ro_size);
+	mod->mem[MOD_DATA].size = d->size - d->ro_size;
+#else
 	mod->core_layout.base = (void *)base;
 	mod->core_layout.size = d->size;
 	mod->core_layout.text_size = d->text_size;
 	mod->core_layout.ro_size = d->ro_size;
 	mod->core_layout.ro_after_init_size = d->ro_size;
+#endif
 	mod->extable = (struct exception_table_entry *)d->extable;
 	mod->num_exentries = d->num_extable;
 #ifdef CONFIG_UNWINDER_ORC
