@@ -93,7 +93,7 @@ func writeMarker(dir, rel string, debs []string) error {
 
 // cachedReleases lists the complete releases of flavour in cacheDir, newest
 // first.
-func cachedReleases(cacheDir, flavour string) []release {
+func cachedReleases(cacheDir string, ln line) []release {
 	entries, err := os.ReadDir(cacheDir)
 	if err != nil {
 		return nil
@@ -101,7 +101,7 @@ func cachedReleases(cacheDir, flavour string) []release {
 	var rels []release
 	for _, e := range entries {
 		r, err := parseRelease(e.Name())
-		if err != nil || !e.IsDir() || r.Flavour != flavour {
+		if err != nil || !e.IsDir() || !ln.has(r) {
 			continue
 		}
 		if _, err := Open(cacheDir, r.Name); err == nil {

@@ -246,7 +246,7 @@ func currentOrSkip(t *testing.T) string {
 		t.Skip("runs apt (not with -short)")
 	}
 	a := &apt{progress: &progress{}, updated: true}
-	r, err := currentRelease(context.Background(), a, FlavourCloud)
+	r, err := currentRelease(context.Background(), a, line{FlavourCloud, DefaultSeries})
 	if err != nil {
 		testreq.Unavailable(t, "apt lists have no cloud kernel (run apt-get update): %v", err)
 	}
@@ -257,15 +257,15 @@ func currentOrSkip(t *testing.T) string {
 func TestCurrentRelease(t *testing.T) {
 	requireTools(t, "apt-cache")
 	currentOrSkip(t)
-	for _, flavour := range []string{FlavourCloud, FlavourGeneric} {
+	for _, ln := range []line{{FlavourCloud, DefaultSeries}, {FlavourGeneric, DefaultSeries}, {FlavourCloud, "6.12"}, {FlavourGeneric, "6.12"}} {
 		a := &apt{progress: &progress{}, updated: true}
-		r, err := currentRelease(context.Background(), a, flavour)
+		r, err := currentRelease(context.Background(), a, ln)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.Flavour != flavour {
-			t.Errorf("%s resolved to %s", flavour, r.Name)
+		if !ln.has(r) {
+			t.Errorf("%s resolved to %s", ln, r.Name)
 		}
-		t.Logf("%s: %s", flavour, r.Name)
+		t.Logf("%s: %s", ln, r.Name)
 	}
 }

@@ -39,7 +39,7 @@ const busyboxPackage = "busybox-static"
 // Options say which kernel to fetch and where to put it.
 type Options struct {
 	Flavour  string    // "cloud" (default: linux-image-cloud-amd64) or "generic" (linux-image-amd64)
-	Release  string    // pin a kernel release such as "6.1.0-56-cloud-amd64"; empty = current one behind the meta package
+	Release  string    // pin a kernel release such as "6.1.0-56-cloud-amd64", or a series ("6.12": its current release); empty = the current 6.1 one
 	CacheDir string    // empty = DefaultCacheDir()
 	Progress io.Writer // human progress lines (downloads, unpacking); nil = silent
 }
@@ -119,36 +119,49 @@ func Fetch(ctx context.Context, o Options) (*Image, error) {
 			}
 			continue
 		}
-		if o.Release == "" {
+		if ln, current := lineOf(o, flavour); current {
 			if err == nil {
-				memoizeCurrent(cacheDir, flavour, rel.Name, listsStamp())
+				memoizeCurrent(cacheDir, ln.key(), rel.Name, listsStamp())
 			}
 			if errors.Is(err, ErrArchiveUnreachable) {
 				// Offline, with lists newer than the cache.
-				return fallBack(a, cacheDir, flavour, err)
+				return fallBack(a, cacheDir, ln, err)
 			}
 		}
 		return im, err
 	}
 }
 
-// fallBack returns the newest cached release of flavour when apt or the
-// archive cannot be reached (err), saying so on progress; with none cached
-// it returns err.
-func fallBack(a *apt, cacheDir, flavour string, err error) (*Image, error) {
-	cached := cachedReleases(cacheDir, flavour)
+// lineOf is the line o asks for the current release of, and whether it
+// asks for one (no Release, or a series) rather than a pinned release.
+func lineOf(o Options, flavour string) (line, bool) {
+	switch {
+	case o.Release == "":
+		return line{flavour, DefaultSeries}, true
+	case IsSeries(o.Release):
+		return line{flavour, o.Release}, true
+	}
+	return line{}, false
+}
+
+// fallBack returns the newest cached release of ln when apt or the archive
+// cannot be reached (err), saying so on progress; with none cached it
+// returns err.
+func fallBack(a *apt, cacheDir string, ln line, err error) (*Image, error) {
+	cached := cachedReleases(cacheDir, ln)
 	if len(cached) == 0 {
 		return nil, err
 	}
 	a.progress.Printf("guest: %v", err)
-	a.progress.Printf("guest: using the newest cached %s kernel, %s", flavour, cached[0].Name)
+	a.progress.Printf("guest: using the newest cached %s kernel, %s", ln, cached[0].Name)
 	return Open(cacheDir, cached[0].Name)
 }
 
 // resolve names the release Fetch wants and returns its image too when the
 // cache has it complete.
 func resolve(ctx context.Context, a *apt, o Options, flavour, cacheDir string) (release, *Image, error) {
-	if o.Release != "" {
+	ln, current := lineOf(o, flavour)
+	if !current {
 		rel, err := parseRelease(o.Release)
 		if err != nil {
 			return release{}, nil, err
@@ -159,15 +172,15 @@ func resolve(ctx context.Context, a *apt, o Options, flavour, cacheDir string) (
 		im, _ := Open(cacheDir, rel.Name)
 		return rel, im, nil
 	}
-	if name := memoizedCurrent(cacheDir, flavour, listsStamp()); name != "" {
-		if rel, err := parseRelease(name); err == nil {
+	if name := memoizedCurrent(cacheDir, ln.key(), listsStamp()); name != "" {
+		if rel, err := parseRelease(name); err == nil && ln.has(rel) {
 			im, _ := Open(cacheDir, rel.Name)
 			return rel, im, nil
 		}
 	}
-	rel, err := currentRelease(ctx, a, flavour)
+	rel, err := currentRelease(ctx, a, ln)
 	if errors.Is(err, ErrNoApt) || errors.Is(err, ErrArchiveUnreachable) {
-		im, err := fallBack(a, cacheDir, flavour, err)
+		im, err := fallBack(a, cacheDir, ln, err)
 		return release{}, im, err
 	}
 	if err != nil {
@@ -175,34 +188,34 @@ func resolve(ctx context.Context, a *apt, o Options, flavour, cacheDir string) (
 	}
 	im, _ := Open(cacheDir, rel.Name)
 	if im != nil {
-		memoizeCurrent(cacheDir, flavour, rel.Name, listsStamp())
+		memoizeCurrent(cacheDir, ln.key(), rel.Name, listsStamp())
 	}
 	return rel, im, nil
 }
 
-// currentRelease asks apt which release the flavour's meta package depends
+// currentRelease asks apt which release the line's meta package depends
 // on, refreshing the package lists once if apt does not know the package.
-func currentRelease(ctx context.Context, a *apt, flavour string) (release, error) {
-	meta := metaPackage(flavour)
+func currentRelease(ctx context.Context, a *apt, ln line) (release, error) {
+	meta := ln.meta()
 	deps, err := a.depends(ctx, meta)
 	if errors.Is(err, errNotInLists) {
 		if err := a.update(ctx); err != nil {
-			return release{}, fmt.Errorf("find the current %s kernel: %w", flavour, err)
+			return release{}, fmt.Errorf("find the current %s kernel: %w", ln, err)
 		}
 		deps, err = a.depends(ctx, meta)
 		if errors.Is(err, errNotInLists) {
-			return release{}, fmt.Errorf("find the current %s kernel: apt knows no package %s even after apt-get update; is Debian bookworm in the apt sources?", flavour, meta)
+			return release{}, fmt.Errorf("find the current %s kernel: apt knows no package %s even after apt-get update; is Debian bookworm (and, for a series other than %s, bookworm-security) in the apt sources?", ln, meta, DefaultSeries)
 		}
 	}
 	if err != nil {
-		return release{}, fmt.Errorf("find the current %s kernel: %w", flavour, err)
+		return release{}, fmt.Errorf("find the current %s kernel: %w", ln, err)
 	}
 	name := dependsOn(deps, func(pkg string) bool {
 		r, ok := releaseFromImagePackage(pkg)
-		return ok && r.Flavour == flavour
+		return ok && ln.has(r)
 	})
 	if name == "" {
-		return release{}, fmt.Errorf("find the current %s kernel: %s depends on no linux-image-<release> package", flavour, meta)
+		return release{}, fmt.Errorf("find the current %s kernel: %s depends on no linux-image-<release> package of that series", ln, meta)
 	}
 	r, _ := releaseFromImagePackage(name)
 	return r, nil

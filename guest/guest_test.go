@@ -323,7 +323,7 @@ func TestCachedReleases(t *testing.T) {
 	fakeRelease(t, cache, "6.1.0-60-cloud-amd64", false) // unfinished
 	fakeRelease(t, cache, "6.1.0-70-amd64", true)        // other flavour
 	var got []string
-	for _, r := range cachedReleases(cache, FlavourCloud) {
+	for _, r := range cachedReleases(cache, line{FlavourCloud, DefaultSeries}) {
 		got = append(got, r.Name)
 	}
 	if want := []string{"6.1.0-56-cloud-amd64", "6.1.0-9-cloud-amd64"}; !slices.Equal(got, want) {

@@ -36,6 +36,42 @@ func metaPackage(flavour string) string {
 	return "linux-image-" + flavourSuffix[flavour]
 }
 
+// DefaultSeries is bookworm's own kernel series, the one metaPackage names.
+const DefaultSeries = "6.1"
+
+var seriesRE = regexp.MustCompile(`^[0-9]+\.[0-9]+$`)
+
+// IsSeries reports whether name is a kernel series ("6.12") rather than a
+// release: Options.Release accepts either.
+func IsSeries(name string) bool { return seriesRE.MatchString(name) }
+
+// line is what "the current kernel" means: a flavour and a series. Debian
+// names the current 6.1 kernel by linux-image-cloud-amd64 and each other
+// series by its own meta package, linux-image-6.12-cloud-amd64.
+type line struct{ flavour, series string }
+
+func (l line) meta() string {
+	if l.series == DefaultSeries {
+		return metaPackage(l.flavour)
+	}
+	return "linux-image-" + l.series + "-" + flavourSuffix[l.flavour]
+}
+
+// key names the line in the cache's memo files: "cloud", "cloud-6.12".
+func (l line) key() string {
+	if l.series == DefaultSeries {
+		return l.flavour
+	}
+	return l.flavour + "-" + l.series
+}
+
+// has reports whether r is a release of the line.
+func (l line) has(r release) bool {
+	return r.Flavour == l.flavour && fmt.Sprintf("%d.%d", r.Version[0], r.Version[1]) == l.series
+}
+
+func (l line) String() string { return l.series + " " + l.flavour }
+
 // release is a parsed kernel release name. Debian names bookworm's own 6.1
 // kernels "6.1.0-56-cloud-amd64" (upstream 6.1.0, Debian ABI 56) and the
 // 6.12 kernels it ships for bookworm from the security suite

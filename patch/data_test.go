@@ -21,7 +21,14 @@ import (
 // newBugsRig boots a guest with the lucos_bugs module.
 func newBugsRig(t *testing.T) *rig {
 	t.Helper()
-	return newRigWith(t, testvm.WithBugs(t, testvm.Options(t)))
+	return newBugsRigOf(t, "")
+}
+
+// newBugsRigOf boots a guest of release ("" for the default) with the
+// lucos_bugs module.
+func newBugsRigOf(t *testing.T, release string) *rig {
+	t.Helper()
+	return newRigWith(t, testvm.WithBugs(t, testvm.OptionsOf(t, release)))
 }
 
 // waitFor polls cond until it holds or a minute passes.
@@ -58,8 +65,11 @@ func (r *rig) gone(t *testing.T, pid string) bool {
 // inside the guest, the stuck reader completes, the bug no longer
 // reproduces, and rollback brings back the old code.
 func TestDeadlockFix(t *testing.T) {
-	r := newBugsRig(t)
-	ko := buildPatch(t, "examples/patches/deadlock-fix")
+	forKernels(t, newBugsRigOf, testDeadlockFix)
+}
+
+func testDeadlockFix(t *testing.T, r *rig) {
+	ko := r.build(t, "examples/patches/deadlock-fix")
 
 	if out := r.sh(t, "echo ok > /proc/lucos_bugs/deadlock; cat /proc/lucos_bugs/deadlock"); !strings.HasPrefix(out, "ok ") {
 		t.Fatalf("lucos_bugs before the bug: %q", out)
@@ -115,8 +125,11 @@ func (r *rig) readStats(t *testing.T, addr uint64) (count, totalMS uint64) {
 // write reaches the new instance (forward transfer), so both see the same
 // count. At commit the watches go; rollback transfers back.
 func TestDataLayout(t *testing.T) {
-	r := newBugsRig(t)
-	ko := buildPatch(t, "examples/patches/data-layout")
+	forKernels(t, newBugsRigOf, testDataLayout)
+}
+
+func testDataLayout(t *testing.T, r *rig) {
+	ko := r.build(t, "examples/patches/data-layout")
 	const stats = "/proc/lucos_bugs/stats"
 
 	if out := r.sh(t, "echo 'add 3' > "+stats+"; echo 'add 3' > "+stats+"; cat "+stats); out != "count=2 total_ms=6\n" {
@@ -175,8 +188,11 @@ func TestDataLayout(t *testing.T) {
 
 // TestShadowNewfield: a new per-task field through a shadow variable.
 func TestShadowNewfield(t *testing.T) {
-	r := newBugsRig(t)
-	ko := buildPatch(t, "examples/patches/shadow-newfield")
+	forKernels(t, newBugsRigOf, testShadowNewfield)
+}
+
+func testShadowNewfield(t *testing.T, r *rig) {
+	ko := r.build(t, "examples/patches/shadow-newfield")
 	const sessions = "/proc/lucos_bugs/sessions"
 
 	first := strings.TrimSpace(r.sh(t, "echo abc > "+sessions+"; echo $$"))
@@ -212,8 +228,11 @@ func TestShadowNewfield(t *testing.T) {
 // TestCallbacks: startup, thread, function (every entry and once) and
 // cleanup callbacks run in the documented order, as often as documented.
 func TestCallbacks(t *testing.T) {
-	r := newBugsRig(t)
-	ko := buildPatch(t, "examples/patches/callbacks")
+	forKernels(t, newBugsRigOf, testCallbacks)
+}
+
+func testCallbacks(t *testing.T, r *rig) {
+	ko := r.build(t, "examples/patches/callbacks")
 	const stats = "/proc/lucos_bugs/stats"
 
 	holder := r.holdStats(t, 1)

@@ -37,27 +37,50 @@ var (
 	built   = map[string][]byte{}
 )
 
-// buildPatch builds a patch directory (relative to the repo) once per test run.
+// buildPatch builds a patch directory (relative to the repo) for the
+// default guest, once per test run.
 func buildPatch(t testing.TB, dir string) []byte {
+	t.Helper()
+	return buildPatchFor(t, dir, "")
+}
+
+// buildPatchFor builds a patch directory for release ("" for the default
+// guest's), once per test run.
+func buildPatchFor(t testing.TB, dir, release string) []byte {
 	t.Helper()
 	builtMu.Lock()
 	defer builtMu.Unlock()
-	if ko, ok := built[dir]; ok {
+	key := release + "\x00" + dir
+	if ko, ok := built[key]; ok {
 		return ko
 	}
 	out := filepath.Join(t.TempDir(), filepath.Base(dir)+".ko")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	res, err := build.Build(ctx, filepath.Join(repoDir(t), dir), build.Options{Output: out})
+	res, err := build.Build(ctx, filepath.Join(repoDir(t), dir), build.Options{Output: out, Release: release})
 	if err != nil {
-		t.Fatalf("build %s: %v", dir, err)
+		t.Fatalf("build %s for %s: %v", dir, testvm.KernelName(release), err)
 	}
 	ko, err := os.ReadFile(res.KO)
 	if err != nil {
 		t.Fatal(err)
 	}
-	built[dir] = ko
+	built[key] = ko
 	return ko
+}
+
+// build builds a patch directory for the rig's kernel.
+func (r *rig) build(t testing.TB, dir string) []byte {
+	t.Helper()
+	return buildPatchFor(t, dir, r.release)
+}
+
+// forKernels runs test on a fresh rig of each of testvm.Kernels, as
+// subtests named by series ("6.1", "6.12").
+func forKernels(t *testing.T, newRig func(t *testing.T, release string) *rig, test func(t *testing.T, r *rig)) {
+	for _, rel := range testvm.Kernels {
+		t.Run(testvm.KernelName(rel), func(t *testing.T) { test(t, newRig(t, rel)) })
+	}
 }
 
 // testLog sends the engine's log to the test's.
@@ -70,20 +93,27 @@ func (l testLog) Write(b []byte) (int, error) {
 
 // rig is a booted guest with an attached kernel and a patch engine.
 type rig struct {
-	m *vmm.Machine
-	k *introspect.Kernel
-	e *patch.Engine
+	m       *vmm.Machine
+	k       *introspect.Kernel
+	e       *patch.Engine
+	release string // what the guest was asked for: "" (the default guest), a release or a series
 }
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	return newRigWith(t, testvm.Options(t))
+	return newRigOf(t, "")
+}
+
+// newRigOf boots a guest of release ("" for the default guest).
+func newRigOf(t *testing.T, release string) *rig {
+	t.Helper()
+	return newRigWith(t, testvm.OptionsOf(t, release))
 }
 
 // newRigWith boots the guest with launch options o.
 func newRigWith(t *testing.T, o launch.Options) *rig {
 	t.Helper()
-	img := testvm.Image(t)
+	img := testvm.ImageOf(t, o.Image.Release)
 	ki, err := kimage.Load(context.Background(), img.Kernel, img.Dir)
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +128,7 @@ func newRigWith(t *testing.T, o launch.Options) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.Close)
-	return &rig{m: m, k: k, e: e}
+	return &rig{m: m, k: k, e: e, release: o.Image.Release}
 }
 
 func (r *rig) sh(t *testing.T, script string) string {

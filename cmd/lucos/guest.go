@@ -41,7 +41,7 @@ A warm cache needs no network. "lucos run" does this on first use.`,
 		},
 	}
 	fetch.Flags().StringVar(&flavour, "flavour", "cloud", "kernel flavour: cloud or generic")
-	fetch.Flags().StringVar(&release, "release", "", "pin a kernel release, e.g. 6.1.0-56-cloud-amd64")
+	fetch.Flags().StringVar(&release, "release", "", "a kernel release (6.1.0-57-cloud-amd64, 6.12.118+deb12-cloud-amd64) or a series (6.12: its current release); default: the current 6.1")
 	fetch.Flags().BoolVar(&asJSON, "json", false, "print the image's paths as JSON")
 	cmd.AddCommand(fetch, newGuestSourceCmd())
 	return cmd

@@ -104,7 +104,7 @@ See docs/PATCH-FORMAT.md, "Patches from source diffs".`,
 		},
 	}
 	cmd.Flags().StringVarP(&o.Output, "output", "o", "", "where to write the .ko (default DIR/<name>.ko; with --diff ./<name>.ko)")
-	cmd.Flags().StringVar(&o.Release, "release", "", "build for this kernel release (with --diff: fetched, and its source prepared, if needed)")
+	cmd.Flags().StringVar(&o.Release, "release", "", "build for this kernel release or series (6.12: its current release); with --diff it is fetched, and its source prepared, if needed")
 	cmd.Flags().StringArrayVar(&d.Diffs, "diff", nil, "a unified diff against the kernel source (repeat for several, applied in order)")
 	cmd.Flags().StringArrayVar(&d.Companions, "companion", nil, "with --diff: a C file compiled into the patch (LUCOS_DATA, callbacks, new data)")
 	cmd.Flags().StringVar(&d.Name, "name", "", "with --diff: the patch's name (default: the first diff's file name)")

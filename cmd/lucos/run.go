@@ -41,7 +41,7 @@ func (f *guestFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.kernel, "kernel", "", "boot this bzImage instead of the cached Debian kernel")
 	fl.StringVar(&f.initrd, "initrd", "", "boot this initramfs instead of lucos's (no lucos exec then)")
 	fl.StringVar(&f.flavour, "flavour", "cloud", "Debian kernel flavour: cloud or generic")
-	fl.StringVar(&f.release, "release", "", "pin the kernel release (e.g. 6.1.0-56-cloud-amd64); default: the current one")
+	fl.StringVar(&f.release, "release", "", "the kernel release (6.1.0-57-cloud-amd64, 6.12.118+deb12-cloud-amd64) or a series (6.12: its current release); default: the current 6.1")
 	fl.BoolVar(&f.icount, "icount", false, "guest clock counts executed instructions (QEMU -icount shift=0,sleep=off; TCG and --cpus 1 only): rates measured in the guest no longer depend on the host's speed, the guest runs several times slower")
 }
 

@@ -21,11 +21,17 @@ const (
 	BugsProc   = guestmod.Proc
 )
 
-var bugs struct {
+// builtBugs is lucos_bugs built once per release.
+type builtBugs struct {
 	once sync.Once
 	ko   string
 	err  error
 }
+
+var (
+	bugsMu sync.Mutex
+	bugs   = map[string]*builtBugs{}
+)
 
 // BugsKO builds examples/guestmod/lucos_bugs for the default guest's
 // release, once per test process, and returns the .ko's path, in a
@@ -34,21 +40,34 @@ var bugs struct {
 // under CI); a compiler error or warning fails the test.
 func BugsKO(t testing.TB) string {
 	t.Helper()
-	img := Image(t)
+	return BugsKOFor(t, "")
+}
+
+// BugsKOFor is BugsKO for release ("" for the default guest's).
+func BugsKOFor(t testing.TB, release string) string {
+	t.Helper()
+	img := ImageOf(t, release)
 	cc, err := img.Compiler()
 	if err != nil {
 		t.Fatalf("lucos_bugs: %v", err)
 	}
 	testreq.Tools(t, "make", cc)
-	bugs.once.Do(func() {
+	bugsMu.Lock()
+	b := bugs[img.Release]
+	if b == nil {
+		b = &builtBugs{}
+		bugs[img.Release] = b
+	}
+	bugsMu.Unlock()
+	b.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		bugs.ko, bugs.err = buildBugs(ctx, img)
+		b.ko, b.err = buildBugs(ctx, img)
 	})
-	if bugs.err != nil {
-		t.Fatalf("lucos_bugs: %v", bugs.err)
+	if b.err != nil {
+		t.Fatalf("lucos_bugs: %v", b.err)
 	}
-	return bugs.ko
+	return b.ko
 }
 
 func buildBugs(ctx context.Context, img *guest.Image) (string, error) {
@@ -68,6 +87,6 @@ func buildBugs(ctx context.Context, img *guest.Image) (string, error) {
 // guest is ready; whatever o.Extend adds is kept.
 func WithBugs(t testing.TB, o launch.Options) launch.Options {
 	t.Helper()
-	o.Extend = guestmod.Extend(BugsKO(t), o.Extend)
+	o.Extend = guestmod.Extend(BugsKOFor(t, o.Image.Release), o.Extend)
 	return o
 }

@@ -24,17 +24,41 @@ func Unavailable(t testing.TB, reason string, args ...any) {
 	testreq.Unavailable(t, reason, args...)
 }
 
+// OtherSeries is the second kernel series the examples' end-to-end tests
+// run on, besides the default guest's (guest.DefaultSeries): Debian's 6.12
+// for bookworm, with IBT, __pfx padding and call-depth tracking built in.
+const OtherSeries = "6.12"
+
+// Kernels are the releases (or series) the examples' tests run on: ""
+// for the default guest, then OtherSeries.
+var Kernels = []string{"", OtherSeries}
+
+// KernelName names a release of Kernels for a subtest: "6.1" or "6.12".
+func KernelName(release string) string {
+	if release == "" {
+		return guest.DefaultSeries
+	}
+	return release
+}
+
 // Image returns the default guest image, fetching it on first use.
 func Image(t testing.TB) *guest.Image {
+	t.Helper()
+	return ImageOf(t, "")
+}
+
+// ImageOf returns the image of release (a release or a series; "" for the
+// default guest), fetching it on first use.
+func ImageOf(t testing.TB, release string) *guest.Image {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("boots a guest; -short given")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	img, err := guest.Fetch(ctx, guest.Options{})
+	img, err := guest.Fetch(ctx, guest.Options{Release: release})
 	if err != nil {
-		Unavailable(t, "guest image unavailable: %v", err)
+		Unavailable(t, "guest image %s unavailable: %v", KernelName(release), err)
 	}
 	return img
 }
@@ -42,12 +66,19 @@ func Image(t testing.TB) *guest.Image {
 // Options returns launch options for the default guest with 2 vCPUs.
 func Options(t testing.TB) launch.Options {
 	t.Helper()
+	return OptionsOf(t, "")
+}
+
+// OptionsOf returns launch options for a guest of release ("" for the
+// default) with 2 vCPUs.
+func OptionsOf(t testing.TB, release string) launch.Options {
+	t.Helper()
 	testreq.Tools(t, "qemu-system-x86_64")
 	if _, err := guest.Mke2fs(); err != nil { // builds the modules disk
 		Unavailable(t, "%v", err)
 	}
-	Image(t)
-	return launch.Options{VM: vmm.Config{CPUs: 2, Accel: vmm.AccelTCG}}
+	ImageOf(t, release)
+	return launch.Options{Image: guest.Options{Release: release}, VM: vmm.Config{CPUs: 2, Accel: vmm.AccelTCG}}
 }
 
 // Boot boots the default guest (or opts, if given) and closes it when the test ends.

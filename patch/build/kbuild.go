@@ -153,16 +153,18 @@ func (kb *kbuild) env() []string {
 	return append(env, "LC_ALL=C", "KBUILD_MODPOST_WARN=1", "KCFLAGS="+strings.Join(flags, " "))
 }
 
-// openImage returns the cached guest image to build against.
+// openImage returns the cached guest image to build against: a pinned
+// release must be cached; the default guest's, or a series' current
+// release, is fetched if needed.
 func openImage(ctx context.Context, o Options) (*guest.Image, error) {
-	if o.Release != "" {
+	if o.Release != "" && !guest.IsSeries(o.Release) {
 		img, err := guest.Open(o.CacheDir, o.Release)
 		if err != nil {
 			return nil, fmt.Errorf("%w (fetch it with: lucos guest fetch --release %s)", err, o.Release)
 		}
 		return img, nil
 	}
-	return guest.Fetch(ctx, guest.Options{CacheDir: o.CacheDir, Progress: o.Progress})
+	return guest.Fetch(ctx, guest.Options{CacheDir: o.CacheDir, Release: o.Release, Progress: o.Progress})
 }
 
 // Diagnostic is one compiler message about the patch's sources.
