@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -110,6 +111,64 @@ func cachedReleases(cacheDir string, ln line) []release {
 	}
 	slices.SortFunc(rels, func(a, b release) int { return b.compare(a) })
 	return rels
+}
+
+// Cached is one complete release in the guest cache.
+type Cached struct {
+	Release string `json:"release"`
+	Series  string `json:"series"` // "6.1", "6.12"
+	Flavour string `json:"flavour"`
+	Dir     string `json:"dir"`
+	Bytes   int64  `json:"bytes"`  // on disk, the prepared source included
+	Source  bool   `json:"source"` // its kernel source is prepared (lucos guest source)
+}
+
+// List returns the complete releases in cacheDir ("" for
+// DefaultCacheDir()), newest first within each series, series in order.
+func List(cacheDir string) ([]Cached, error) {
+	if cacheDir == "" {
+		cacheDir = DefaultCacheDir()
+	}
+	entries, err := os.ReadDir(cacheDir)
+	if err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("guest cache: %w", err)
+	}
+	var rels []release
+	for _, e := range entries {
+		if r, err := parseRelease(e.Name()); err == nil && e.IsDir() {
+			if _, err := Open(cacheDir, r.Name); err == nil {
+				rels = append(rels, r)
+			}
+		}
+	}
+	slices.SortFunc(rels, func(a, b release) int {
+		if c := slices.Compare(a.Version[:2], b.Version[:2]); c != 0 {
+			return c
+		}
+		if c := b.compare(a); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	var out []Cached
+	for _, r := range rels {
+		dir := filepath.Join(cacheDir, r.Name)
+		c := Cached{Release: r.Name, Series: fmt.Sprintf("%d.%d", r.Version[0], r.Version[1]), Flavour: r.Flavour, Dir: dir}
+		filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() {
+				if in, err := d.Info(); err == nil {
+					c.Bytes += in.Size()
+				}
+			}
+			return nil
+		})
+		if im, err := Open(cacheDir, r.Name); err == nil {
+			_, serr := OpenSource(im)
+			c.Source = serr == nil
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 // removeStaleFetches deletes the work directories of fetches that died.

@@ -322,12 +322,34 @@ func TestCachedReleases(t *testing.T) {
 	fakeRelease(t, cache, "6.1.0-56-cloud-amd64", true)
 	fakeRelease(t, cache, "6.1.0-60-cloud-amd64", false) // unfinished
 	fakeRelease(t, cache, "6.1.0-70-amd64", true)        // other flavour
+	fakeRelease(t, cache, "6.12.118+deb12-cloud-amd64", true)
+	fakeRelease(t, cache, "6.12.99+deb12-cloud-amd64", true)
 	var got []string
 	for _, r := range cachedReleases(cache, line{FlavourCloud, DefaultSeries}) {
 		got = append(got, r.Name)
 	}
 	if want := []string{"6.1.0-56-cloud-amd64", "6.1.0-9-cloud-amd64"}; !slices.Equal(got, want) {
-		t.Errorf("got %q, want %q", got, want)
+		t.Errorf("6.1 cloud: got %q, want %q (another series is not a fallback)", got, want)
+	}
+	got = nil
+	for _, r := range cachedReleases(cache, line{FlavourCloud, "6.12"}) {
+		got = append(got, r.Name)
+	}
+	if want := []string{"6.12.118+deb12-cloud-amd64", "6.12.99+deb12-cloud-amd64"}; !slices.Equal(got, want) {
+		t.Errorf("6.12 cloud: got %q, want %q", got, want)
+	}
+	list, err := List(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	for _, c := range list {
+		got = append(got, c.Series+" "+c.Release)
+	}
+	want := []string{"6.1 6.1.0-70-amd64", "6.1 6.1.0-56-cloud-amd64", "6.1 6.1.0-9-cloud-amd64",
+		"6.12 6.12.118+deb12-cloud-amd64", "6.12 6.12.99+deb12-cloud-amd64"}
+	if !slices.Equal(got, want) {
+		t.Errorf("List: %q, want %q", got, want)
 	}
 }
 
@@ -346,8 +368,20 @@ func TestFetchFallsBackWithoutApt(t *testing.T) {
 	if im.Release != "6.1.0-56-cloud-amd64" {
 		t.Errorf("fell back to %s, want the newest", im.Release)
 	}
-	if !strings.Contains(out.String(), "using the newest cached cloud kernel, 6.1.0-56-cloud-amd64") {
+	if !strings.Contains(out.String(), "using the newest cached 6.1 cloud kernel, 6.1.0-56-cloud-amd64") {
 		t.Errorf("progress does not say so: %q", out.String())
+	}
+
+	// A series falls back within itself; with none of it cached, it fails.
+	if _, err := Fetch(context.Background(), Options{CacheDir: cache, Release: "6.12"}); !errors.Is(err, ErrNoApt) {
+		t.Errorf("6.12, none cached: %v, want ErrNoApt", err)
+	}
+	fakeRelease(t, cache, "6.12.118+deb12-cloud-amd64", true)
+	if im, err := Fetch(context.Background(), Options{CacheDir: cache, Release: "6.12"}); err != nil || im.Release != "6.12.118+deb12-cloud-amd64" {
+		t.Errorf("6.12 fallback: %v, %v", im, err)
+	}
+	if im, err := Fetch(context.Background(), Options{CacheDir: cache}); err != nil || im.Release != "6.1.0-56-cloud-amd64" {
+		t.Errorf("default with a newer 6.12 cached: %v, %v; want the 6.1", im, err)
 	}
 
 	// Pinned and cached: no apt needed either.

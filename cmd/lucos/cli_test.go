@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/lucos/lucos/api"
+	"github.com/lucos/lucos/guest"
 	"github.com/lucos/lucos/internal/testvm"
 	"github.com/lucos/lucos/vmm"
 )
@@ -435,10 +436,27 @@ func TestPatchCommands(t *testing.T) {
 // the live fix frees the stuck reader, the bug is gone, and the code patch
 // changes /proc/cmdline and is rolled back.
 func TestDemo(t *testing.T) {
-	testvm.Options(t)
-	r := lucos(t, nil, "demo")
+	for _, rel := range testvm.Kernels {
+		t.Run(testvm.KernelName(rel), func(t *testing.T) { testDemo(t, rel) })
+	}
+}
+
+func testDemo(t *testing.T, release string) {
+	testvm.OptionsOf(t, release)
+	args := []string{"demo"}
+	if release != "" {
+		args = append(args, "--release", release)
+	}
+	r := lucos(t, nil, args...)
 	if r.code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	want := release
+	if want == "" {
+		want = guest.DefaultSeries
+	}
+	if !strings.Contains(r.stdout, "kernel "+want+".") {
+		t.Errorf("the tour does not run on %s:\n%s", want, r.stdout)
 	}
 	for _, want := range []string{
 		"is stuck: spinning on the leaked lock (state R)",

@@ -21,7 +21,9 @@ func newGuestCmd() *cobra.Command {
 		Use:   "fetch [--flavour cloud|generic] [--release REL] [--json]",
 		Short: "Fetch the stock Debian kernel, its headers and busybox into the cache",
 		Long: `Fetch the current Debian bookworm kernel behind linux-image-cloud-amd64
-(--flavour generic: linux-image-amd64), its linux-headers, linux-kbuild and
+(--flavour generic: linux-image-amd64; --release 6.12: the current 6.12 for
+bookworm, behind linux-image-6.12-cloud-amd64 in bookworm-security; or one
+release by name), its linux-headers, linux-kbuild and
 busybox-static with apt-get download, and unpack them into
 ~/.cache/lucos/<release>/ (LUCOS_CACHE overrides ~/.cache/lucos). Nothing is
 installed into the host. The headers are made usable by kbuild in place.
@@ -43,7 +45,49 @@ A warm cache needs no network. "lucos run" does this on first use.`,
 	fetch.Flags().StringVar(&flavour, "flavour", "cloud", "kernel flavour: cloud or generic")
 	fetch.Flags().StringVar(&release, "release", "", "a kernel release (6.1.0-57-cloud-amd64, 6.12.118+deb12-cloud-amd64) or a series (6.12: its current release); default: the current 6.1")
 	fetch.Flags().BoolVar(&asJSON, "json", false, "print the image's paths as JSON")
-	cmd.AddCommand(fetch, newGuestSourceCmd())
+	cmd.AddCommand(fetch, newGuestSourceCmd(), newGuestListCmd())
+	return cmd
+}
+
+func newGuestListCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list [--json]",
+		Short: "List the kernel releases in the guest cache",
+		Long: `List every complete kernel release in ~/.cache/lucos (LUCOS_CACHE overrides
+it): its series and flavour, its size on disk, and whether its kernel source is
+prepared for patches built from diffs (lucos guest source). Releases are
+grouped by series, newest first; any of them can be named with --release.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			list, err := guest.List("")
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if list == nil {
+					list = []guest.Cached{}
+				}
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(list)
+			}
+			if len(list) == 0 {
+				fmt.Printf("no kernel in %s yet (lucos guest fetch fetches one)\n", guest.DefaultCacheDir())
+				return nil
+			}
+			fmt.Printf("%-32s %-7s %-8s %9s  %s\n", "RELEASE", "SERIES", "FLAVOUR", "SIZE", "SOURCE")
+			for _, c := range list {
+				src := "-"
+				if c.Source {
+					src = "prepared"
+				}
+				fmt.Printf("%-32s %-7s %-8s %7.0f M  %s\n", c.Release, c.Series, c.Flavour, float64(c.Bytes)/(1<<20), src)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the list as JSON")
 	return cmd
 }
 
@@ -81,7 +125,7 @@ offline. Without --release: the default guest's release.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&release, "release", "", "kernel release, e.g. 6.1.0-54-cloud-amd64 (default: the default guest's)")
+	cmd.Flags().StringVar(&release, "release", "", "kernel release or series, e.g. 6.1.0-54-cloud-amd64 or 6.12 (default: the default guest's)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the tree as JSON")
 	return cmd
 }

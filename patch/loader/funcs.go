@@ -72,23 +72,24 @@ var (
 // stays where indirect calls land, and a thread on it has not entered the
 // old body. It returns the site and the 5 bytes there.
 func entrySite(t Target, sym kimage.Symbol, addr uint64) (uint64, [5]byte, error) {
-	var b [len(endbr64) + 5]byte
 	var entry [5]byte
-	n := min(sym.Size, uint64(len(b)))
-	if n < 5 {
+	if sym.Size < uint64(len(entry)) {
 		return 0, entry, fmt.Errorf("the function is %d bytes: too short for a 5-byte jump", sym.Size)
 	}
-	if err := t.ReadVirt(addr, b[:n]); err != nil {
+	var head [len(endbr64)]byte
+	if err := t.ReadVirt(addr, head[:]); err != nil {
 		return 0, entry, fmt.Errorf("read the entry of %s at %#x: %w", sym.Name, addr, err)
 	}
 	site := addr
-	if head := [4]byte(b[:4]); head == endbr64 || head == endbrPoison {
-		if n < uint64(len(b)) {
+	if head == endbr64 || head == endbrPoison {
+		if sym.Size < uint64(len(head)+len(entry)) {
 			return 0, entry, fmt.Errorf("the function is %d bytes: too short for a 5-byte jump after its endbr64", sym.Size)
 		}
-		site += uint64(len(endbr64))
+		site += uint64(len(head))
 	}
-	copy(entry[:], b[site-addr:])
+	if err := t.ReadVirt(site, entry[:]); err != nil {
+		return 0, entry, fmt.Errorf("read the entry of %s at %#x: %w", sym.Name, site, err)
+	}
 	return site, entry, nil
 }
 

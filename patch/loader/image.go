@@ -53,9 +53,9 @@ type Func struct {
 	// (IBT); OldSize counts from there to its end.
 	OldAddr, OldSize uint64
 	OldEntry         [5]byte // the bytes at OldAddr as read while linking; rollback restores these
-	New      uint64        // runtime address of the replacement in the patch
-	NewSize  uint64        // its size
-	NewName  string        // the replacement's symbol in the patch
+	New              uint64  // runtime address of the replacement in the patch
+	NewSize          uint64  // its size
+	NewName          string  // the replacement's symbol in the patch
 }
 
 // Data is one LUCOS_DATA linked: the kernel variable at OldAddr and its

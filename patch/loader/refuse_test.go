@@ -138,6 +138,10 @@ func TestRefuseOldEntry(t *testing.T) {
 		k.mem[old] = tc.entry
 		_, err := m.Link(k, base, slot)
 		refusal(t, err, ".lucos.funcs", "cmdline_proc_show", tc.words)
+		// The same after an endbr64 (an IBT kernel): checked at the site after it.
+		k.mem[old] = append(append([]byte(nil), endbr64[:]...), tc.entry...)
+		_, err = m.Link(k, base, slot)
+		refusal(t, err, ".lucos.funcs", "cmdline_proc_show", tc.words)
 	}
 	delete(k.mem, old)
 
@@ -183,5 +187,22 @@ func TestRelocationOverflow(t *testing.T) {
 	re := refusal(t, err, ".text", "*", "does not fit in 32")
 	if re.Offset < 0 {
 		t.Errorf("overflow refusal without place or symbol: %v", err)
+	}
+}
+
+// On a kernel built with IBT the jump goes after the function's endbr64 (or
+// the NOP the kernel sealed it with), over the ftrace NOP there; the
+// function counts from that site.
+func TestEntryAfterEndbr(t *testing.T) {
+	m, k, base := offline(t, "cmdline")
+	old := k.addr(t, "cmdline_proc_show")
+	sym, _ := k.img.Symbols.Find("cmdline_proc_show", 0)
+	for _, head := range [][4]byte{endbr64, endbrPoison} {
+		k.mem[old] = append(append([]byte(nil), head[:]...), ftraceNOP[:]...)
+		im := mustLink(t, m, k, base)
+		f := im.Funcs[0]
+		if f.OldAddr != old+4 || f.OldSize != sym.Size-4 || f.OldEntry != ftraceNOP {
+			t.Errorf("after % x: site %#x size %d entry % x; want %#x, %d, the ftrace NOP", head, f.OldAddr, f.OldSize, f.OldEntry, old+4, sym.Size-4)
+		}
 	}
 }
