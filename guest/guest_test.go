@@ -251,7 +251,11 @@ func TestRelinkAbsolute(t *testing.T) {
 
 func TestCompilerFromVariables(t *testing.T) {
 	if got := compilerFromVariables(readTestdata(t, "kernelvariables.txt")); got != "gcc-12" {
-		t.Errorf("got %q, want gcc-12", got)
+		t.Errorf("6.1: got %q, want gcc-12", got)
+	}
+	// 6.12's headers set CROSS_COMPILE unconditionally.
+	if got := compilerFromVariables(readTestdata(t, "kernelvariables-6.12.txt")); got != "x86_64-linux-gnu-gcc-12" {
+		t.Errorf("6.12: got %q, want x86_64-linux-gnu-gcc-12", got)
 	}
 }
 

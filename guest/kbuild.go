@@ -104,18 +104,38 @@ func (im *Image) Compiler() (string, error) {
 }
 
 // compilerFromVariables picks the compiler out of Debian's
-// "CC = $(if $(DEBIAN_KERNEL_USE_CCACHE),$(CCACHE)) $(CROSS_COMPILE)gcc-12".
+// "CC = $(if $(DEBIAN_KERNEL_USE_CCACHE),$(CCACHE)) $(CROSS_COMPILE)gcc-12",
+// with $(CROSS_COMPILE) as an unconditional "override CROSS_COMPILE =
+// x86_64-linux-gnu-" sets it (6.12's headers; 6.1's set it only inside
+// ifneq, for cross builds): "gcc-12" for 6.1, "x86_64-linux-gnu-gcc-12"
+// for 6.12 — the name the kernel's CONFIG_CC_VERSION_TEXT starts with.
 func compilerFromVariables(b []byte) string {
+	var cc, cross string
+	depth := 0
 	for line := range strings.Lines(string(b)) {
-		name, value, ok := strings.Cut(line, "=")
-		if !ok || strings.TrimSpace(name) != "CC" {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 0:
+			continue
+		case f[0] == "ifeq" || f[0] == "ifneq" || f[0] == "ifdef" || f[0] == "ifndef":
+			depth++
+			continue
+		case f[0] == "endif":
+			depth--
 			continue
 		}
-		fields := strings.Fields(value)
-		if len(fields) == 0 {
-			return ""
+		name, value, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
 		}
-		return strings.TrimPrefix(fields[len(fields)-1], "$(CROSS_COMPILE)")
+		switch n := strings.Fields(name); {
+		case len(n) == 1 && n[0] == "CC":
+			if v := strings.Fields(value); len(v) > 0 {
+				cc = v[len(v)-1]
+			}
+		case depth == 0 && len(n) == 2 && n[0] == "override" && n[1] == "CROSS_COMPILE" && !strings.Contains(value, "$"):
+			cross = strings.TrimSpace(value)
+		}
 	}
-	return ""
+	return strings.ReplaceAll(cc, "$(CROSS_COMPILE)", cross)
 }

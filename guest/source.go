@@ -78,7 +78,10 @@ type SourceOptions struct {
 // MakeArgs are the variables every make in the tree gets: those of the
 // headers' .kernelvariables (the compiler, the release).
 func (t *SourceTree) MakeArgs() []string {
-	return []string{"ARCH=x86", "CC=" + t.CC, "KERNELRELEASE=" + t.Release}
+	// RUSTC names no program: Debian built its kernels without a Rust
+	// toolchain (CONFIG_RUSTC_VERSION=0), and a rustc on the host's PATH
+	// would change the configuration Kconfig derives (6.12's does).
+	return []string{"ARCH=x86", "CC=" + t.CC, "KERNELRELEASE=" + t.Release, "RUSTC=lucos-no-rustc"}
 }
 
 // Lock takes the tree's lock: builds in the tree (make writes objects and

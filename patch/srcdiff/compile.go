@@ -94,9 +94,13 @@ func readUnit(root, path string) (*unit, error) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(nil, 1<<20)
+	// Linux 6.5 renamed the record savedcmd_ (6.1: cmd_).
 	prefix := "cmd_" + obj + " := "
 	for sc.Scan() {
 		line, ok := strings.CutPrefix(sc.Text(), prefix)
+		if !ok {
+			line, ok = strings.CutPrefix(sc.Text(), "saved"+prefix)
+		}
 		if !ok {
 			continue
 		}
