@@ -14,7 +14,13 @@ import (
 
 func loadImage(t *testing.T) *kimage.Image {
 	t.Helper()
-	g := testvm.Image(t)
+	return loadImageOf(t, "")
+}
+
+// loadImageOf loads the image of release ("" for the default guest).
+func loadImageOf(t *testing.T, release string) *kimage.Image {
+	t.Helper()
+	g := testvm.ImageOf(t, release)
 	img, err := kimage.Load(context.Background(), g.Kernel, g.Dir)
 	if err != nil {
 		t.Fatalf("load kernel image: %v", err)
@@ -48,12 +54,14 @@ func guestSymbols(t *testing.T, m *vmm.Machine, names ...string) map[string]uint
 
 // TestKASLRSlide boots the guest twice: the slides differ (KASLR is on) and
 // lucos's addresses match the guest's /proc/kallsyms both times.
-func TestKASLRSlide(t *testing.T) {
-	img := loadImage(t)
+func TestKASLRSlide(t *testing.T) { testvm.EachKernel(t, testKASLRSlide) }
+
+func testKASLRSlide(t *testing.T, release string) {
+	img := loadImageOf(t, release)
 	names := []string{"linux_banner", "cmdline_proc_show", "init_task", "do_nanosleep", "pipe_read"}
 	slides := map[uint64]bool{}
 	for boot := 0; boot < 4 && len(slides) < 2; boot++ {
-		m := testvm.Boot(t)
+		m := testvm.Boot(t, testvm.OptionsOf(t, release))
 		k := attach(t, m, img)
 		want := guestSymbols(t, m, names...)
 		for _, n := range names {
@@ -92,9 +100,11 @@ type proc struct {
 // process in both lived through the ps and must be in it, and every process
 // ps lists must be in one of them (pids grow, so a process with a pid below
 // the command's own existed before the command began).
-func TestTasksMatchGuestPS(t *testing.T) {
-	img := loadImage(t)
-	m := testvm.Boot(t)
+func TestTasksMatchGuestPS(t *testing.T) { testvm.EachKernel(t, testTasksMatchGuestPS) }
+
+func testTasksMatchGuestPS(t *testing.T, release string) {
+	img := loadImageOf(t, release)
+	m := testvm.Boot(t, testvm.OptionsOf(t, release))
 	k := attach(t, m, img)
 	processes := func() map[int]string {
 		tasks, err := k.Tasks(context.Background())
@@ -158,9 +168,11 @@ func sameComm(ps, ours string) bool {
 // TestStackScanFindsBlockedTasks: sleep is inside do_nanosleep, a cat
 // reading an empty pipe inside pipe_read; neither is inside an unrelated
 // function.
-func TestStackScanFindsBlockedTasks(t *testing.T) {
-	img := loadImage(t)
-	m := testvm.Boot(t)
+func TestStackScanFindsBlockedTasks(t *testing.T) { testvm.EachKernel(t, testStackScanFindsBlockedTasks) }
+
+func testStackScanFindsBlockedTasks(t *testing.T, release string) {
+	img := loadImageOf(t, release)
+	m := testvm.Boot(t, testvm.OptionsOf(t, release))
 	k := attach(t, m, img)
 	// The script returns once both are asleep.
 	res := testvm.Exec(t, m, "sh", "-c", `sleep 1000 >/dev/null 2>&1 & a=$!; echo $a
@@ -219,9 +231,11 @@ func TestStackScanFindsBlockedTasks(t *testing.T) {
 // with the guest's own ORC tables, and each switched-out task's frames are
 // those the guest's /proc/PID/stack prints (which leaves out the
 // scheduler's and the lock functions' frames).
-func TestUnwindMatchesProcStack(t *testing.T) {
-	img := loadImage(t)
-	m := testvm.Boot(t)
+func TestUnwindMatchesProcStack(t *testing.T) { testvm.EachKernel(t, testUnwindMatchesProcStack) }
+
+func testUnwindMatchesProcStack(t *testing.T, release string) {
+	img := loadImageOf(t, release)
+	m := testvm.Boot(t, testvm.OptionsOf(t, release))
 	k := attach(t, m, img)
 	// Tasks asleep in known places; the script returns once both sleep.
 	testvm.Exec(t, m, "sh", "-c", `sleep 1000 >/dev/null 2>&1 & a=$!
@@ -271,9 +285,18 @@ func TestUnwindMatchesProcStack(t *testing.T) {
 		}
 		return out, tr.Err
 	}
+	// A task that ran between the snapshots may have been anywhere when
+	// the guest read its stack: compared are those that stayed switched
+	// out throughout (same context-switch count, on no vCPU in either).
 	running := map[uint64]bool{}
-	for _, v := range before.VCPUs {
-		running[v.Current] = true
+	for _, s := range []*introspect.Snapshot{before, after} {
+		for _, v := range s.VCPUs {
+			running[v.Current] = true
+		}
+	}
+	switchesAfter := map[uint64]uint64{}
+	for _, task := range after.Tasks {
+		switchesAfter[task.Addr] = task.Switches
 	}
 	compared := 0
 	for _, task := range before.Tasks {
@@ -282,10 +305,13 @@ func TestUnwindMatchesProcStack(t *testing.T) {
 			t.Errorf("pid %d (%s): %v; frames %q", task.PID, task.Comm, err, got)
 			continue
 		}
-		again, _ := trace(after, task.Addr)
+		sw, alive := switchesAfter[task.Addr]
 		want, ok := procStack[task.PID]
-		if running[task.Addr] || !ok || strings.Join(got, " ") != strings.Join(again, " ") || task.Idle {
+		if running[task.Addr] || !ok || !alive || sw != task.Switches || task.Idle {
 			continue // ran between the snapshots, or exited
+		}
+		if again, _ := trace(after, task.Addr); strings.Join(got, " ") != strings.Join(again, " ") {
+			t.Errorf("pid %d (%s) did not run between the snapshots, yet its stack changed:\nbefore %q\nafter  %q", task.PID, task.Comm, got, again)
 		}
 		compared++
 		if strings.Join(got, " ") != strings.Join(want, " ") {

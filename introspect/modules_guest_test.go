@@ -15,9 +15,11 @@ import (
 // and its symbols are exactly the guest's /proc/kallsyms lines tagged
 // [lucos_bugs], in name, type and address (the module exports nothing, so
 // /proc/kallsyms shows the typetab letters unchanged).
-func TestModulesMatchGuestKallsyms(t *testing.T) {
-	img := loadImage(t)
-	m := testvm.Boot(t, testvm.WithBugs(t, testvm.Options(t)))
+func TestModulesMatchGuestKallsyms(t *testing.T) { testvm.EachKernel(t, testModulesMatchGuestKallsyms) }
+
+func testModulesMatchGuestKallsyms(t *testing.T, release string) {
+	img := loadImageOf(t, release)
+	m := testvm.Boot(t, testvm.WithBugs(t, testvm.OptionsOf(t, release)))
 	k := attach(t, m, img)
 
 	mods, err := k.Modules()

@@ -12,6 +12,7 @@ type offsets struct {
 	taskTasks, taskPID, taskTGID, taskComm, taskState, taskExitState uint64
 	taskOnCPU, taskCPU, taskStack, taskSP, taskFlags, taskSignal     uint64
 	taskThreadNode, signalThreadHead, rqIdle                         uint64
+	taskNVCSW, taskNIVCSW                                            uint64
 	threadSize, irqStackSize, exceptionStacksSize, commLen           uint64
 
 	perCPU map[string]uint64 // offset of each of perCPUVars in a CPU's per-CPU area
@@ -81,6 +82,8 @@ func resolveOffsets(img *kimage.Image) (*offsets, error) {
 		{&o.taskThreadNode, "task_struct", "thread_node"},
 		{&o.signalThreadHead, "signal_struct", "thread_head"},
 		{&o.rqIdle, "rq", "idle"},
+		{&o.taskNVCSW, "task_struct", "nvcsw"},
+		{&o.taskNIVCSW, "task_struct", "nivcsw"},
 	}
 	for _, f := range fields {
 		// "a|b": the field moved between kernel versions; take the first found.

@@ -35,8 +35,10 @@ func gva2gpa(m *vmm.Machine, va uint64) (uint64, bool, error) {
 // TestWalkerAgreesWithQEMU samples thousands of kernel addresses — the
 // kernel image, the direct map, vmalloc'ed stacks and whatever else is
 // mapped — plus unmapped holes, and compares the walker with QEMU.
-func TestWalkerAgreesWithQEMU(t *testing.T) {
-	m := testvm.Boot(t)
+func TestWalkerAgreesWithQEMU(t *testing.T) { testvm.EachKernel(t, testWalkerAgreesWithQEMU) }
+
+func testWalkerAgreesWithQEMU(t *testing.T, release string) {
+	m := testvm.Boot(t, testvm.OptionsOf(t, release))
 	ctx := context.Background()
 	if err := m.Pause(ctx); err != nil {
 		t.Fatal(err)

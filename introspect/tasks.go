@@ -30,6 +30,10 @@ type Task struct {
 	// SavedSP is thread.sp: where the task's kernel stack pointer was when
 	// it was last switched out. Meaningless while it runs.
 	SavedSP uint64 `json:"saved_sp"`
+	// Switches counts the task's context switches (nvcsw + nivcsw): equal
+	// in two snapshots, and not on a CPU in either, the task did not run
+	// in between.
+	Switches uint64 `json:"switches"`
 }
 
 // StackKind says which stack a vCPU's RSP is on.
@@ -241,7 +245,7 @@ func (k *Kernel) walkList(head, member uint64, fn func(uint64) error) error {
 func (k *Kernel) readTask(addr uint64) (Task, error) {
 	o := k.offs
 	end := max(o.taskComm+o.commLen, o.taskSP+8, o.taskTasks+16, o.taskStack+8, o.taskState+4, o.taskExitState+4,
-		o.taskOnCPU+4, o.taskCPU+4, o.taskFlags+4, o.taskPID+4, o.taskTGID+4)
+		o.taskOnCPU+4, o.taskCPU+4, o.taskFlags+4, o.taskPID+4, o.taskTGID+4, o.taskNVCSW+8, o.taskNIVCSW+8)
 	b := make([]byte, end)
 	if err := k.Walker.ReadVirt(addr, b); err != nil {
 		return Task{}, fmt.Errorf("read task_struct at %#x: %w", addr, err)
@@ -264,6 +268,7 @@ func (k *Kernel) readTask(addr uint64) (Task, error) {
 		Stack:     u64(o.taskStack),
 		StackSize: o.threadSize,
 		SavedSP:   u64(o.taskSP),
+		Switches:  u64(o.taskNVCSW) + u64(o.taskNIVCSW),
 	}
 	return t, nil
 }

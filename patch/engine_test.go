@@ -78,9 +78,7 @@ func (r *rig) build(t testing.TB, dir string) []byte {
 // forKernels runs test on a fresh rig of each of testvm.Kernels, as
 // subtests named by series ("6.1", "6.12").
 func forKernels(t *testing.T, newRig func(t *testing.T, release string) *rig, test func(t *testing.T, r *rig)) {
-	for _, rel := range testvm.Kernels {
-		t.Run(testvm.KernelName(rel), func(t *testing.T) { test(t, newRig(t, rel)) })
-	}
+	testvm.EachKernel(t, func(t *testing.T, rel string) { test(t, newRig(t, rel)) })
 }
 
 // testLog sends the engine's log to the test's.

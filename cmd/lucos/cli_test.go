@@ -435,11 +435,7 @@ func TestPatchCommands(t *testing.T) {
 // TestDemo runs the tour: the deadlock bug reproduces (a reader spins),
 // the live fix frees the stuck reader, the bug is gone, and the code patch
 // changes /proc/cmdline and is rolled back.
-func TestDemo(t *testing.T) {
-	for _, rel := range testvm.Kernels {
-		t.Run(testvm.KernelName(rel), func(t *testing.T) { testDemo(t, rel) })
-	}
-}
+func TestDemo(t *testing.T) { testvm.EachKernel(t, testDemo) }
 
 func testDemo(t *testing.T, release string) {
 	testvm.OptionsOf(t, release)

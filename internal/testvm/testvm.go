@@ -41,6 +41,14 @@ func KernelName(release string) string {
 	return release
 }
 
+// EachKernel runs test as a subtest per release of Kernels, named by its
+// series ("6.1", "6.12").
+func EachKernel(t *testing.T, test func(t *testing.T, release string)) {
+	for _, rel := range Kernels {
+		t.Run(KernelName(rel), func(t *testing.T) { test(t, rel) })
+	}
+}
+
 // Image returns the default guest image, fetching it on first use.
 func Image(t testing.TB) *guest.Image {
 	t.Helper()
