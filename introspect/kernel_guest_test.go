@@ -168,7 +168,9 @@ func sameComm(ps, ours string) bool {
 // TestStackScanFindsBlockedTasks: sleep is inside do_nanosleep, a cat
 // reading an empty pipe inside pipe_read; neither is inside an unrelated
 // function.
-func TestStackScanFindsBlockedTasks(t *testing.T) { testvm.EachKernel(t, testStackScanFindsBlockedTasks) }
+func TestStackScanFindsBlockedTasks(t *testing.T) {
+	testvm.EachKernel(t, testStackScanFindsBlockedTasks)
+}
 
 func testStackScanFindsBlockedTasks(t *testing.T, release string) {
 	img := loadImageOf(t, release)
