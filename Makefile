@@ -53,19 +53,13 @@ test-unit: build
 	$(GO) test -count=1 -short ./...
 
 # Every go test -fuzz target of the project, FUZZTIME each, FUZZFLAGS added
-# (e.g. FUZZFLAGS=-parallel=1 beside other work). A crasher is written to its
-# package's testdata/fuzz (commit it with the fix); the run goes on through
-# every target and then names the ones that failed.
+# (e.g. FUZZFLAGS=-parallel=1 beside other work): scripts/fuzz.sh. A crasher
+# is written to its package's testdata/fuzz (commit it with the fix); the run
+# goes on through every target and then names the ones that failed.
 FUZZTIME ?= 1m
 FUZZFLAGS ?=
 fuzz:
-	@failed=""; for pkg in $$($(GO) list ./...); do \
-		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
-			echo "== $$pkg $$f ($(FUZZTIME))"; \
-			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $(FUZZFLAGS) $$pkg || failed="$$failed $$pkg.$$f"; \
-		done; \
-	done; \
-	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed"; exit 1; fi; echo "fuzz: every target ran $(FUZZTIME) without a failure"
+	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS="$(FUZZFLAGS)" scripts/fuzz.sh
 
 # Every benchmark scenario on fresh guests (~60 min on 2 cores, TCG: ~20 min, then the 10,000-cycle soak at ~4.7 cycles/s), then
 # docs/BENCHMARKS.md and its figures (docs/bench/*.svg) regenerated from

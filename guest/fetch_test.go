@@ -217,7 +217,7 @@ func TestFetchUnreachable(t *testing.T) {
 	if err != nil || im.Release != "6.1.0-9-cloud-amd64" {
 		t.Fatalf("offline fallback: %v, %v", im, err)
 	}
-	if !strings.Contains(out.String(), "cannot reach the Debian archive") || !strings.Contains(out.String(), "using the newest cached cloud kernel, 6.1.0-9-cloud-amd64") {
+	if !strings.Contains(out.String(), "cannot reach the Debian archive") || !strings.Contains(out.String(), "using the newest cached 6.1 cloud kernel, 6.1.0-9-cloud-amd64") {
 		t.Errorf("progress does not explain the fallback: %q", out.String())
 	}
 }
