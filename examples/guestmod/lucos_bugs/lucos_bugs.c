@@ -48,10 +48,12 @@ noinline int lucos_bugs_deadlock_op(int bad)
 }
 
 /*
- * A test's lock holder: takes the lock with interrupts off, waits (busy, up
- * to 5 s) until someone announces in lucos_bugs_waiting that it waits for
- * the lock, holds it ms milliseconds more, and releases it. A test uses it
- * to make a guest call wait for a vCPU that lucos has stopped.
+ * A test's lock holder: takes the lock with interrupts off, waits (busy)
+ * until someone announces in lucos_bugs_waiting that it waits for the lock,
+ * holds it ms milliseconds more, and releases it. A test uses it to make a
+ * guest call wait for a vCPU that lucos has stopped; the test's host side
+ * sets lucos_bugs_waiting itself when the call never comes. The 60 s bound
+ * only keeps a guest whose test died from spinning for good.
  */
 int lucos_bugs_waiting;
 
@@ -60,9 +62,10 @@ noinline void lucos_bugs_lock_hold(unsigned int ms)
 	unsigned long flags;
 	int i;
 
+	WRITE_ONCE(lucos_bugs_waiting, 0);
 	spin_lock_irqsave(&lucos_bugs_lock, flags);
 	lucos_bugs_lock_holder = task_pid_nr(current);
-	for (i = 0; i < 5000 && !READ_ONCE(lucos_bugs_waiting); i++)
+	for (i = 0; i < 60000 && !READ_ONCE(lucos_bugs_waiting); i++)
 		mdelay(1);
 	mdelay(ms);
 	WRITE_ONCE(lucos_bugs_waiting, 0);
