@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lucos/lucos/gdbstub"
+	"github.com/lucos/lucos/patch/loader"
 )
 
 // Guest calls run a function of a patch inside the guest, on one vCPU, and
@@ -177,7 +178,7 @@ func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSit
 			// The call still runs somewhere: its registers must not be
 			// restored now. The watch stays; the trap handler finishes
 			// the call when it gets there.
-			e.stray = &strayCall{tid: tid, saved: saved, done: rt.Done, trampoline: rt.Trampoline}
+			e.stray = &strayCall{tid: tid, saved: saved, done: rt.Done, rt: rt}
 			go e.awaitStray(e.stray)
 		}
 		return 0, err
@@ -193,7 +194,7 @@ func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSit
 // as errNotStarted: its registers may then be put back.
 func (e *Engine) runCall(ctx context.Context, g *gdbstub.Client, tid int, p *Patch, kicked bool) (gdbstub.StopEvent, error) {
 	rt := p.rt
-	ev, ok, err := e.runUntil(ctx, g, tid, callAlone, rt.Done)
+	ev, ok, err := e.runUntil(ctx, g, tid, tid, callAlone, rt)
 	if err != nil || ok {
 		return ev, err
 	}
@@ -202,13 +203,13 @@ func (e *Engine) runCall(ctx context.Context, g *gdbstub.Client, tid int, p *Pat
 		if err := kick(g, tid); err != nil {
 			return ev, err
 		}
-		if ev, ok, err = e.runUntil(ctx, g, tid, callAlone, rt.Done); err != nil || ok {
+		if ev, ok, err = e.runUntil(ctx, g, tid, tid, callAlone, rt); err != nil || ok {
 			return ev, err
 		}
 	}
 	e.log.Warn("guest call: running every vCPU until it returns", "vcpu", tid)
 	e.slowCalls.Add(1)
-	if ev, ok, err = e.runUntil(ctx, g, 0, callTimeout-callAlone, rt.Done); err != nil || ok {
+	if ev, ok, err = e.runUntil(ctx, g, 0, tid, callTimeout-callAlone, rt); err != nil || ok {
 		return ev, err
 	}
 	if notStarted(g, tid, rt.Call) {
@@ -226,15 +227,19 @@ func notStarted(g *gdbstub.Client, tid int, entry uint64) bool {
 	return err == nil && rip == entry
 }
 
-// runUntil runs vCPU tid (every vCPU for tid 0) for at most d and reports
-// whether it stopped at the trampoline's store to done; the VM is stopped
-// when it returns. Another stop ends it with an error.
-func (e *Engine) runUntil(ctx context.Context, g *gdbstub.Client, tid int, d time.Duration, done uint64) (gdbstub.StopEvent, bool, error) {
+// runUntil runs vCPU run (every vCPU for run 0) for at most d and reports
+// whether the call on vCPU call has returned: the trampoline's store to
+// rt.Done stopped it, or the vCPU is found past that store when time is up.
+// QEMU reports one reason per stop, and a watch hit that coincides with the
+// interrupt of the stop lucos asks for is not reported at all (the
+// trampoline then loops without storing again): the vCPU's own RIP tells.
+// The VM is stopped when it returns. Another stop ends it with an error.
+func (e *Engine) runUntil(ctx context.Context, g *gdbstub.Client, run, call int, d time.Duration, rt loader.Runtime) (gdbstub.StopEvent, bool, error) {
 	var err error
-	if tid == 0 {
+	if run == 0 {
 		_, err = g.Continue()
 	} else {
-		_, err = g.ContinueThread(tid)
+		_, err = g.ContinueThread(run)
 	}
 	if err != nil {
 		return gdbstub.StopEvent{}, false, err
@@ -248,13 +253,25 @@ func (e *Engine) runUntil(ctx context.Context, g *gdbstub.Client, tid int, d tim
 			return ev, false, err
 		}
 		if ev.Signal == gdbstub.SignalInterrupt {
+			if inTrampoline(g, call, rt) {
+				e.log.Warn("guest call: found returned past its trampoline's store (the watch was not reported)", "vcpu", call)
+				ev.Thread = call
+				return ev, true, nil
+			}
 			return ev, false, nil
 		}
 	}
-	if !returned(ev, done) {
+	if !returned(ev, rt.Done) {
 		return ev, false, fmt.Errorf("guest call: stopped elsewhere (%s)", ev)
 	}
 	return ev, true, nil
+}
+
+// inTrampoline reports whether vCPU tid is in rt's trampoline past its
+// store of the result: the call has returned.
+func inTrampoline(g *gdbstub.Client, tid int, rt loader.Runtime) bool {
+	rip, err := g.ReadRegister(tid, "rip")
+	return err == nil && rt.Returned != 0 && rip >= rt.Returned && rip < rt.Trampoline+trampolineLen
 }
 
 // returned reports whether ev is the trampoline's store to done.
@@ -297,15 +314,16 @@ type strayCall struct {
 	tid        int
 	saved      *gdbstub.Registers
 	done       uint64                  // the runtime's __lucos_call_done, watched
-	trampoline uint64                  // where the call returns to, and loops
+	rt         loader.Runtime          // the patch's runtime: its trampoline, where the call returns to and loops
 	then       func(g *gdbstub.Client) // what waits for the call (e.g. unmapping its slot)
 }
 
 // strayPoll is how often lucos looks for a late call in its trampoline.
 const strayPoll = 100 * time.Millisecond
 
-// trampolineLen bounds __lucos_trampoline: a store (7 bytes), pause, jmp.
-const trampolineLen = 16
+// trampolineLen bounds __lucos_trampoline: an endbr64 (IBT), a store (7
+// bytes), pause, jmp.
+const trampolineLen = 24
 
 // awaitStray looks, every strayPoll, for a vCPU looping in the late call's
 // trampoline: normally the watch on done reports the return first, but a
@@ -325,8 +343,7 @@ func (e *Engine) awaitStray(s *strayCall) {
 				return nil
 			}
 			for _, tid := range g.Threads() {
-				rip, err := g.ReadRegister(tid, "rip")
-				if err == nil && rip >= s.trampoline && rip < s.trampoline+trampolineLen {
+				if inTrampoline(g, tid, s.rt) {
 					e.log.Warn("guest call: found returned in its trampoline (its watch did not fire)", "vcpu", tid)
 					e.finishStray(g, tid)
 					pending = false

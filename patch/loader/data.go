@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/lucos/lucos/kimage"
+	"golang.org/x/arch/x86/x86asm"
 )
 
 // Data updates and callbacks: .lucos.data (LUCOS_DATA) and
@@ -546,7 +547,44 @@ func (l *linker) linkRuntime() error {
 		return 0
 	}
 	l.runtime = Runtime{Call: addr(rtCall), Trampoline: addr(rtTrampoline), Exit: addr(rtExit), Done: addr(rtDone), Kick: addr(rtKick)}
+	if l.runtime.Trampoline == 0 {
+		return nil
+	}
+	end, err := l.trampolineStoreEnd()
+	if err != nil {
+		return fmt.Errorf("section .text: %s: %w", rtTrampoline, err)
+	}
+	l.runtime.Returned = end
 	return nil
+}
+
+// trampolineStoreEnd decodes __lucos_trampoline (an endbr64 with IBT, the
+// store of the call's result to __lucos_call_done, then a pause loop) and
+// returns the address after the store.
+func (l *linker) trampolineStoreEnd() (uint64, error) {
+	const maxLen = 32
+	pc := l.runtime.Trampoline
+	for pc < l.runtime.Trampoline+maxLen {
+		var code []byte // up to an instruction's 15 bytes, as many as the section has
+		for n := uint64(15); n > 0 && code == nil; n-- {
+			code, _, _ = l.code(pc, n)
+		}
+		if code == nil {
+			break
+		}
+		in, err := x86asm.Decode(code, 64)
+		if err != nil {
+			return 0, fmt.Errorf("decode at %#x: %w", pc, err)
+		}
+		next := pc + uint64(in.Len)
+		if in.Op == x86asm.MOV {
+			if m, ok := in.Args[0].(x86asm.Mem); ok && m.Base == x86asm.RIP && next+uint64(int64(m.Disp)) == l.runtime.Done {
+				return next, nil
+			}
+		}
+		pc = next
+	}
+	return 0, fmt.Errorf("no store to %s in its first %d bytes", rtDone, maxLen)
 }
 
 // at is the runtime address of a place in the patch.

@@ -110,17 +110,19 @@ func TestLinkDataAndCallbacks(t *testing.T) {
 	if cb := im.Callbacks[7]; cb.Sym.Size != 8 {
 		t.Errorf("the patch's own instance: %+v, want 8 bytes", cb.Sym)
 	}
-	rt := Runtime{Call: sym("__lucos_call"), Trampoline: sym("__lucos_trampoline"), Exit: sym("__lucos_rt_exit"), Done: sym("__lucos_call_done"), Kick: sym("__lucos_kick")}
-	if im.Runtime != rt || rt.Call == 0 || rt.Done == 0 || rt.Kick == 0 {
-		t.Errorf("runtime %+v, want %+v", im.Runtime, rt)
-	}
 	// The trampoline stores rax in __lucos_call_done (the write lucos
-	// watches), then loops: pause; jmp back to the pause.
+	// watches), then loops: pause; jmp back to the pause. Returned is where
+	// the loop begins, right after the store.
 	in := disasm(t, im, "__lucos_trampoline")
 	if len(in) < 3 || in[0].Op.String() != "MOV" || in[1].Op.String() != "PAUSE" {
 		t.Fatalf("trampoline: %s", listing(in))
 	}
-	if dst, ok := in[2].dest(); !ok || dst != rt.Trampoline+uint64(in[0].Len) {
+	rt := Runtime{Call: sym("__lucos_call"), Trampoline: sym("__lucos_trampoline"), Exit: sym("__lucos_rt_exit"), Done: sym("__lucos_call_done"), Kick: sym("__lucos_kick"),
+		Returned: sym("__lucos_trampoline") + uint64(in[0].Len)}
+	if im.Runtime != rt || rt.Call == 0 || rt.Done == 0 || rt.Kick == 0 {
+		t.Errorf("runtime %+v, want %+v", im.Runtime, rt)
+	}
+	if dst, ok := in[2].dest(); !ok || dst != rt.Returned {
 		t.Errorf("trampoline does not loop on its pause: %s", listing(in))
 	}
 

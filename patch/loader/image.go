@@ -93,6 +93,10 @@ type Runtime struct {
 	Exit       uint64 // __lucos_rt_exit: frees the patch's shadows
 	Done       uint64 // __lucos_call_done: the trampoline stores the result here (lucos watches it)
 	Kick       uint64 // __lucos_kick(pid, task): makes a sleeping task leave an old function; 0 if absent
+	// Returned is the address after the trampoline's store to Done: a vCPU
+	// at or past it, inside the trampoline, has returned from its call and
+	// stored the result, whether or not the watch on Done was reported.
+	Returned uint64
 }
 
 // JumpSite is one static branch in patch code, set from its key's state at
