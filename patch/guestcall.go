@@ -311,11 +311,11 @@ func (e *Engine) finishCall(g *gdbstub.Client, at int, saved *gdbstub.Registers,
 // strayCall is a guest call that timed out: when its vCPU reaches the
 // trampoline at last, the trap handler restores it.
 type strayCall struct {
-	tid        int
-	saved      *gdbstub.Registers
-	done       uint64                  // the runtime's __lucos_call_done, watched
-	rt         loader.Runtime          // the patch's runtime: its trampoline, where the call returns to and loops
-	then       func(g *gdbstub.Client) // what waits for the call (e.g. unmapping its slot)
+	tid   int
+	saved *gdbstub.Registers
+	done  uint64                  // the runtime's __lucos_call_done, watched
+	rt    loader.Runtime          // the patch's runtime: its trampoline, where the call returns to and loops
+	then  func(g *gdbstub.Client) // what waits for the call (e.g. unmapping its slot)
 }
 
 // strayPoll is how often lucos looks for a late call in its trampoline.
