@@ -572,6 +572,10 @@ func (l *linker) trampolineStoreEnd() (uint64, error) {
 		if code == nil {
 			break
 		}
+		if len(code) >= len(endbr64) && [4]byte(code[:4]) == endbr64 { // x86asm does not know it
+			pc += uint64(len(endbr64))
+			continue
+		}
 		in, err := x86asm.Decode(code, 64)
 		if err != nil {
 			return 0, fmt.Errorf("decode at %#x: %w", pc, err)
