@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -69,5 +70,23 @@ func TestDisk(t *testing.T) {
 		if err := bad.validate(); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
+	}
+}
+
+// A boot that stopped on a kernel crash shows the crash from its first line.
+func TestConsoleReport(t *testing.T) {
+	var lines []string
+	for i := 0; i < 50; i++ {
+		lines = append(lines, fmt.Sprintf("[ %d] booting", i))
+	}
+	plain := &consoleTap{last: []byte(strings.Join(lines, "\n"))}
+	if got := plain.report(3, 80); got != strings.Join(lines[47:], "\n") {
+		t.Errorf("no crash: %q, want the last 3 lines", got)
+	}
+	crash := append(append([]string{}, lines[:10]...), "[ 2.0] BUG: unable to handle page fault", "[ 2.0] RIP: f+0x9")
+	crash = append(crash, lines[10:]...)
+	c := &consoleTap{last: []byte(strings.Join(crash, "\n"))}
+	if got := c.report(3, 2); got != "[ 2.0] BUG: unable to handle page fault\n[ 2.0] RIP: f+0x9" {
+		t.Errorf("crash: %q, want it from its first line", got)
 	}
 }

@@ -84,6 +84,25 @@ func (t *consoleTap) tail(n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// crashMarkers start the report of a kernel crash on the console.
+var crashMarkers = []string{"------------[ cut here ]", "BUG: ", "Oops: ", "general protection fault", "invalid opcode", "Kernel panic"}
+
+// report is what a boot that stopped leaves to read: from the first line
+// of a kernel crash report when the console holds one (up to maxLines), so
+// that the error shows the oops from its first line; else the last n lines.
+func (t *consoleTap) report(n, maxLines int) string {
+	all := t.tail(1 << 20)
+	lines := strings.Split(all, "\n")
+	for i, l := range lines {
+		for _, m := range crashMarkers {
+			if strings.Contains(l, m) {
+				return strings.Join(lines[i:min(len(lines), i+maxLines)], "\n")
+			}
+		}
+	}
+	return t.tail(n)
+}
+
 func (t *consoleTap) close() {
 	t.conn.Close()
 	<-t.done

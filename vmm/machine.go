@@ -302,7 +302,7 @@ func (m *Machine) waitReady(ctx context.Context) error {
 		m.cfg.Log.Info("guest ready", "release", m.release, "boot", m.ready.Round(time.Millisecond))
 		return nil
 	case <-m.exited:
-		return fmt.Errorf("guest stopped while booting: %v; console:\n%s", m.exitError(), m.console.tail(15))
+		return fmt.Errorf("guest stopped while booting: %v; console:\n%s", m.exitError(), m.console.report(15, 80))
 	}
 }
 
