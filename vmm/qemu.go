@@ -97,7 +97,16 @@ func (m *Machine) launch() error {
 func (m *Machine) exitError() error {
 	log, _ := os.ReadFile(m.sock("qemu.log"))
 	log = bytes.TrimSpace(log)
-	if len(log) > 2000 {
+	// QEMU's last words start at its "qemu: fatal:" or assertion line,
+	// before a register dump longer than the tail kept.
+	if i := max(bytes.LastIndex(log, []byte("fatal:")), bytes.LastIndex(log, []byte("Assertion"))); i >= 0 && len(log)-i <= 4000 {
+		if j := bytes.LastIndexByte(log[:i], '\n'); j >= 0 {
+			i = j + 1
+		} else {
+			i = 0
+		}
+		log = log[i:]
+	} else if len(log) > 2000 {
 		log = log[len(log)-2000:]
 	}
 	if len(log) == 0 {
