@@ -484,7 +484,7 @@ func (e *Engine) abort(ctx context.Context, p *Patch, err error) error {
 // for the engine's life (at most one such slot per late call).
 // Precondition: the VM is paused.
 func (e *Engine) unload(g *gdbstub.Client, p *Patch) (bool, error) {
-	if s := e.stray; s != nil && p.slot.contains(s.done) {
+	if s := e.stray; s != nil && p.slot.contains(s.rt.Done) {
 		s.then = func(g *gdbstub.Client) {
 			if err := e.unmapSlot(g, p.slot); err != nil {
 				e.log.Warn("unmap a slot after a late guest call", "id", p.id, "err", err)

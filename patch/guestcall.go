@@ -178,7 +178,7 @@ func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSit
 			// The call still runs somewhere: its registers must not be
 			// restored now. The watch stays; the trap handler finishes
 			// the call when it gets there.
-			e.stray = &strayCall{tid: tid, saved: saved, done: rt.Done, rt: rt}
+			e.stray = &strayCall{tid: tid, saved: saved, rt: rt}
 			go e.awaitStray(e.stray)
 		}
 		return 0, err
@@ -313,8 +313,7 @@ func (e *Engine) finishCall(g *gdbstub.Client, at int, saved *gdbstub.Registers,
 type strayCall struct {
 	tid   int
 	saved *gdbstub.Registers
-	done  uint64                  // the runtime's __lucos_call_done, watched
-	rt    loader.Runtime          // the patch's runtime: its trampoline, where the call returns to and loops
+	rt    loader.Runtime          // the patch's runtime: its trampoline, where the call returns to and loops, and Done, watched
 	then  func(g *gdbstub.Client) // what waits for the call (e.g. unmapping its slot)
 }
 
@@ -362,8 +361,8 @@ func (e *Engine) awaitStray(s *strayCall) {
 func (e *Engine) finishStray(g *gdbstub.Client, tid int) error {
 	s := e.stray
 	e.stray = nil
-	g.RemoveWatchpoint(gdbstub.WatchWrite, s.done, 8)
-	_, err := e.finishCall(g, tid, s.saved, s.done)
+	g.RemoveWatchpoint(gdbstub.WatchWrite, s.rt.Done, 8)
+	_, err := e.finishCall(g, tid, s.saved, s.rt.Done)
 	e.log.Warn("guest call returned late; vCPU restored", "vcpu", tid, "err", err)
 	if s.then != nil {
 		s.then(g)

@@ -96,7 +96,7 @@ func (t *trapSet) place(g *gdbstub.Client) error {
 
 // onTrap is the Machine's trap handler: a watch of lucos's was hit. It runs with the VM stopped and returns with it stopped.
 func (e *Engine) onTrap(g *gdbstub.Client, ev gdbstub.StopEvent) {
-	if e.stray != nil && returned(ev, e.stray.done) {
+	if e.stray != nil && returned(ev, e.stray.rt.Done) {
 		e.finishStray(g, ev.Thread)
 		return
 	}
