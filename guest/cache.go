@@ -133,28 +133,32 @@ func List(cacheDir string) ([]Cached, error) {
 	if err != nil && !os.IsNotExist(err) {
 		return nil, fmt.Errorf("guest cache: %w", err)
 	}
-	var rels []release
+	type cached struct {
+		r  release
+		im *Image
+	}
+	var rels []cached
 	for _, e := range entries {
 		if r, err := parseRelease(e.Name()); err == nil && e.IsDir() {
-			if _, err := Open(cacheDir, r.Name); err == nil {
-				rels = append(rels, r)
+			if im, err := Open(cacheDir, r.Name); err == nil {
+				rels = append(rels, cached{r, im})
 			}
 		}
 	}
-	slices.SortFunc(rels, func(a, b release) int {
-		if c := slices.Compare(a.Version[:2], b.Version[:2]); c != 0 {
+	slices.SortFunc(rels, func(a, b cached) int {
+		if c := slices.Compare(a.r.Version[:2], b.r.Version[:2]); c != 0 {
 			return c
 		}
-		if c := b.compare(a); c != 0 {
+		if c := b.r.compare(a.r); c != 0 {
 			return c
 		}
-		return strings.Compare(a.Name, b.Name)
+		return strings.Compare(a.r.Name, b.r.Name)
 	})
 	var out []Cached
-	for _, r := range rels {
-		dir := filepath.Join(cacheDir, r.Name)
-		c := Cached{Release: r.Name, Series: fmt.Sprintf("%d.%d", r.Version[0], r.Version[1]), Flavour: r.Flavour, Dir: dir}
-		filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+	for _, rc := range rels {
+		r := rc.r
+		c := Cached{Release: r.Name, Series: fmt.Sprintf("%d.%d", r.Version[0], r.Version[1]), Flavour: r.Flavour, Dir: rc.im.Dir}
+		filepath.WalkDir(c.Dir, func(_ string, d fs.DirEntry, err error) error {
 			if err == nil && d.Type().IsRegular() {
 				if in, err := d.Info(); err == nil {
 					c.Bytes += in.Size()
@@ -162,10 +166,8 @@ func List(cacheDir string) ([]Cached, error) {
 			}
 			return nil
 		})
-		if im, err := Open(cacheDir, r.Name); err == nil {
-			_, serr := OpenSource(im)
-			c.Source = serr == nil
-		}
+		_, serr := OpenSource(rc.im)
+		c.Source = serr == nil
 		out = append(out, c)
 	}
 	return out, nil
