@@ -51,11 +51,32 @@ var Scenarios = []Scenario{
 	{"read", "guest-physical read throughput: shared mapping vs gdbstub", Read},
 	{"introspect", "parse symbols and BTF, attach, snapshot and scan every kernel stack", Introspect},
 	{"apply", "apply/rollback of a code patch, guest busy, next to in-guest Linux livepatch", Apply},
+	{"apply-6.12", "apply, on the current 6.12 kernel (IBT, __pfx padding, call-depth tracking)", OnSeries("6.12", Apply)},
 	{"data", "data coherence: cost of a trapped write, slowdown while an instance is watched", Data},
 	{"overhead", "relative performance of workloads: no patch, a committed code patch, a coherence window", Overhead},
 	{"underload", "apply/rollback with workloads running: pauses, commit, throughput; next to in-guest Linux livepatch", UnderLoad},
 	{"realfix", "real stable fixes from source diffs: built, applied under load, checked in the guest, rolled back", RealFix},
 	{"soak", "apply/rollback of example patches in rotation, thousands of times, every read of the patched path checked", Soak},
+}
+
+// OnSeries runs scenario on the current release of a kernel series
+// (guest.IsSeries), whatever release the other scenarios boot, so that
+// one `lucos bench all` measures both kernels lucos supports.
+func OnSeries(series string, scenario func(context.Context, launch.Options, io.Writer) (*Result, error)) func(context.Context, launch.Options, io.Writer) (*Result, error) {
+	return func(ctx context.Context, opts launch.Options, progress io.Writer) (*Result, error) {
+		if opts.Kernel != "" || opts.Initrd != "" {
+			return nil, fmt.Errorf("this scenario boots the Debian %s kernel: drop --kernel and --initrd", series)
+		}
+		opts.Image.Release = series
+		r, err := scenario(ctx, opts, progress)
+		if r != nil {
+			// Its figures must not overwrite those of the default release.
+			for i := range r.Figures {
+				r.Figures[i].File = series + "-" + r.Figures[i].File
+			}
+		}
+		return r, err
+	}
 }
 
 // Lookup finds a scenario by name.

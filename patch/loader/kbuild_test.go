@@ -51,7 +51,7 @@ func testModules(t testing.TB) map[string][]byte {
 	img := testvm.Image(t)
 	kbuildOnce.Do(func() {
 		kbuildImg = img
-		kbuildMods, kbuildSkip, kbuildErr = buildModules(img)
+		kbuildMods, kbuildSkip, kbuildErr = buildModules(img, "*")
 	})
 	if kbuildSkip != "" {
 		testreq.Unavailable(t, "%s", kbuildSkip)
@@ -62,7 +62,8 @@ func testModules(t testing.TB) map[string][]byte {
 	return kbuildMods
 }
 
-func buildModules(img *guest.Image) (map[string][]byte, string, error) {
+// buildModules builds the testdata/*.c whose base names match pattern.
+func buildModules(img *guest.Image, pattern string) (map[string][]byte, string, error) {
 	cc, err := img.Compiler()
 	if err != nil {
 		return nil, "", err
@@ -73,9 +74,9 @@ func buildModules(img *guest.Image) (map[string][]byte, string, error) {
 	if _, err := exec.LookPath("make"); err != nil {
 		return nil, "kbuild needs make", nil
 	}
-	srcs, err := filepath.Glob(filepath.Join(testdataDir(), "*.c"))
+	srcs, err := filepath.Glob(filepath.Join(testdataDir(), pattern+".c"))
 	if err != nil || len(srcs) == 0 {
-		return nil, "", fmt.Errorf("no testdata/*.c: %v", err)
+		return nil, "", fmt.Errorf("no testdata/%s.c: %v", pattern, err)
 	}
 	dir, err := os.MkdirTemp("", "lucos-loader-kbuild-")
 	if err != nil {

@@ -1,10 +1,14 @@
 package loader
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/lucos/lucos/internal/testreq"
+	"github.com/lucos/lucos/internal/testvm"
 	"github.com/lucos/lucos/kimage"
 )
 
@@ -205,4 +209,46 @@ func TestEntryAfterEndbr(t *testing.T) {
 			t.Errorf("after % x: site %#x size %d entry % x; want %#x, %d, the ftrace NOP", head, f.OldAddr, f.OldSize, f.OldEntry, old+4, sym.Size-4)
 		}
 	}
+}
+
+// TestCallSitesUnderCallDepthTracking links a patch built for the 6.12
+// kernel, whose kbuild records the patch's direct calls in .call_sites
+// (CONFIG_MITIGATION_CALL_DEPTH_TRACKING): a guest that did not turn the
+// accounting thunks on takes it, one that did (retbleed=stuff sets
+// thunks_initialized) refuses it, naming why.
+func TestCallSitesUnderCallDepthTracking(t *testing.T) {
+	img := testvm.ImageOf(t, "6.12")
+	mods, skip, err := buildModules(img, "cmdline")
+	if skip != "" {
+		testreq.Unavailable(t, "%s", skip)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Parse(mods["cmdline"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls *SectionInfo
+	for i := range m.Sections {
+		if m.Sections[i].Name == ".call_sites" {
+			calls = &m.Sections[i]
+		}
+	}
+	if calls == nil || calls.Treatment != Consume {
+		t.Fatalf("a 6.12 patch has no consumed .call_sites: %+v", m.Sections)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	kimg, err := kimage.Load(ctx, img.Kernel, img.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := newFakeKernel(t, kimg)
+	base := alignUp(k.addr(t, "_end"), slot)
+	mustLink(t, m, k, base)
+
+	k.mem[k.addr(t, "thunks_initialized")] = []byte{1}
+	_, err = m.Link(k, base, slot)
+	refusal(t, err, ".call_sites", "thunks_initialized", "call-depth tracking", "retbleed=stuff")
 }
