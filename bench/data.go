@@ -53,7 +53,7 @@ func Data(ctx context.Context, opts launch.Options, progress io.Writer) (*Result
 	if err != nil {
 		return nil, err
 	}
-	bugs, err := guestmod.Build(ctx, img, tmp)
+	bugs, err := guestmod.Cached(ctx, img, progress)
 	if err != nil {
 		return nil, err
 	}

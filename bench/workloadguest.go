@@ -75,7 +75,7 @@ func bootWorkloadGuest(ctx context.Context, opts launch.Options, progress io.Wri
 		}
 		extend = extendKLP(klp, extend)
 	}
-	bugs, err := guestmod.Build(ctx, img, g.tmp)
+	bugs, err := guestmod.Cached(ctx, img, progress)
 	if err != nil {
 		return nil, err
 	}

@@ -5,7 +5,9 @@
 package examples
 
 import (
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"fmt"
 	"io/fs"
 	"os"
@@ -41,4 +43,27 @@ func Extract(path, dir string) (string, error) {
 		}
 	}
 	return dst, nil
+}
+
+// Digest is a hex SHA-256 of the example at path: its files' names and
+// bytes. Builds cached by it are rebuilt when the example changes.
+func Digest(path string) (string, error) {
+	src, err := fs.Sub(files, path)
+	if err != nil {
+		return "", err
+	}
+	ents, err := fs.ReadDir(src, ".")
+	if err != nil || len(ents) == 0 {
+		return "", fmt.Errorf("no example %q", path)
+	}
+	h := sha256.New()
+	for _, e := range ents { // ReadDir sorts by name
+		b, err := fs.ReadFile(src, e.Name())
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%s\x00%d\x00", e.Name(), len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

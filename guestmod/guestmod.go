@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,6 +69,34 @@ func Build(ctx context.Context, img *guest.Image, dir string) (string, error) {
 		return "", fmt.Errorf("build lucos_bugs: kbuild made no module: %w\n%s", err, out.String())
 	}
 	return ko, nil
+}
+
+// Cached returns lucos_bugs built against img's kernel headers, from img's
+// cache directory: it builds the module (as Build) the first time for each
+// version of its source, and reuses that .ko after. The same bytes every
+// time also let launch reuse the initramfs that carries it. A build is
+// announced on progress.
+func Cached(ctx context.Context, img *guest.Image, progress io.Writer) (string, error) {
+	digest, err := examples.Digest("guestmod/lucos_bugs")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(img.Dir, "lucos_bugs-"+digest[:16]+".ko")
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	tmp, err := os.MkdirTemp(img.Dir, "lucos-bugs-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	fmt.Fprintf(progress, "lucos: building the lucos_bugs module for %s…\n", img.Release)
+	ko, err := Build(ctx, img, tmp)
+	if err != nil {
+		return "", err
+	}
+	// Rename is atomic: a concurrent lucos sees no module or a whole one.
+	return path, os.Rename(ko, path)
 }
 
 // Extend returns prev (which may be nil) followed by the installation of

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/lucos/lucos/guest"
 	"github.com/lucos/lucos/initramfs"
@@ -86,7 +87,10 @@ func buildInitramfs(img *guest.Image, extend func(*initramfs.Archive) error) (st
 		return "", fmt.Errorf("initramfs: %w", err)
 	}
 	path := filepath.Join(img.Dir, "initramfs-"+hex.EncodeToString(h.Sum(nil))[:16]+".cpio")
+	defer pruneInitramfs(img.Dir)
 	if _, err := os.Stat(path); err == nil {
+		now := time.Now()
+		os.Chtimes(path, now, now) // used: the newest, kept by pruneInitramfs
 		return path, nil
 	}
 	tmp, err := os.CreateTemp(img.Dir, "initramfs-*.tmp")
@@ -102,6 +106,31 @@ func buildInitramfs(img *guest.Image, extend func(*initramfs.Archive) error) (st
 		return "", err
 	}
 	return path, os.Rename(tmp.Name(), path)
+}
+
+// keepInitramfs is how many initramfs files an image's cache keeps: each
+// different set of additions (a test's modules, a benchmark's workload) is
+// a file of its own, and without a bound they pile up run after run.
+const keepInitramfs = 16
+
+// pruneInitramfs removes all but the keepInitramfs most recently used
+// initramfs files of dir. A file that a starting VM was just handed is
+// among the newest, so it stays until QEMU has read it.
+func pruneInitramfs(dir string) {
+	paths, _ := filepath.Glob(filepath.Join(dir, "initramfs-*.cpio"))
+	if len(paths) <= keepInitramfs {
+		return
+	}
+	used := map[string]time.Time{}
+	for _, p := range paths {
+		if fi, err := os.Stat(p); err == nil {
+			used[p] = fi.ModTime()
+		}
+	}
+	slices.SortFunc(paths, func(a, b string) int { return used[b].Compare(used[a]) })
+	for _, p := range paths[keepInitramfs:] {
+		os.Remove(p)
+	}
 }
 
 // Start boots the guest of opts.

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -140,12 +141,38 @@ func (m *Machine) makeRunDir() error {
 		m.runDir = m.cfg.RunDir
 		return os.MkdirAll(m.runDir, 0o700)
 	}
+	removeStaleRunDirs(os.TempDir())
 	dir, err := os.MkdirTemp("", "lucos-vm-")
 	if err != nil {
 		return fmt.Errorf("create run directory: %w", err)
 	}
 	m.runDir, m.ownsDir = dir, true
-	return nil
+	return os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o600)
+}
+
+// ownerFile, in a run directory that lucos made, holds the PID of the
+// process that made it.
+const ownerFile = "owner.pid"
+
+// removeStaleRunDirs removes the run directories of lucos processes that
+// died without Close (SIGKILL): their QEMU died with them (PDEATHSIG),
+// and only their sockets and logs remain. A directory whose owner may
+// still run, or that names none, is left alone.
+func removeStaleRunDirs(tmp string) {
+	dirs, _ := filepath.Glob(filepath.Join(tmp, "lucos-vm-*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, ownerFile))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(string(b))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 func (m *Machine) sock(name string) string { return filepath.Join(m.runDir, name) }

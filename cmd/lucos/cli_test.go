@@ -268,10 +268,17 @@ func TestKilledLucosTakesQEMUWithIt(t *testing.T) {
 	v.cmd.Process.Signal(syscall.SIGKILL)
 	v.waitExit(t)
 	waitGone(t, v.info.QEMUPID)
-	// The dead lucos's socket is stale: a new run may take it.
+	if _, err := os.Stat(v.info.RunDir); err != nil {
+		t.Fatalf("the killed lucos's run directory: %v", err)
+	}
+	// The dead lucos's socket is stale: a new run may take it; and the
+	// next lucos removes the run directory it left.
 	r := lucos(t, nil, "run", "--api-sock", v.sock, "--", "true")
 	if r.code != 0 {
 		t.Errorf("run on a stale socket: exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(v.info.RunDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the killed lucos's run directory %s is still there: %v", v.info.RunDir, err)
 	}
 }
 

@@ -75,7 +75,7 @@ func demo(ctx context.Context, opts launch.Options) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	bugs, err := guestmod.Build(ctx, img, tmp)
+	bugs, err := guestmod.Cached(ctx, img, os.Stderr)
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,6 @@ import (
 	"github.com/lucos/lucos/api"
 	"github.com/lucos/lucos/guest"
 	"github.com/lucos/lucos/guestmod"
-	"github.com/lucos/lucos/initramfs"
 	"github.com/lucos/lucos/launch"
 	"github.com/lucos/lucos/vmm"
 )
@@ -116,30 +115,18 @@ guest no RAM until a module is loaded. With --initrd there is none.`,
 	return cmd
 }
 
-// withBugs builds the lucos_bugs module for the guest's release (kbuild
-// output goes to a temporary directory) and adds it to opts's initramfs.
+// withBugs adds the lucos_bugs module, built for the guest's release (once:
+// guestmod.Cached), to opts's initramfs.
 func withBugs(ctx context.Context, opts launch.Options) (launch.Options, error) {
 	img, err := guest.Fetch(ctx, opts.Image)
 	if err != nil {
 		return opts, err
 	}
-	dir, err := os.MkdirTemp("", "lucos-bugs-")
+	ko, err := guestmod.Cached(ctx, img, os.Stderr)
 	if err != nil {
 		return opts, err
 	}
-	fmt.Fprintln(os.Stderr, "lucos: building the lucos_bugs module…")
-	ko, err := guestmod.Build(ctx, img, dir)
-	if err != nil {
-		os.RemoveAll(dir)
-		return opts, err
-	}
-	// The initramfs reads the .ko when launch builds it; the directory
-	// goes then.
-	prev := guestmod.Extend(ko, opts.Extend)
-	opts.Extend = func(a *initramfs.Archive) error {
-		defer os.RemoveAll(dir)
-		return prev(a)
-	}
+	opts.Extend = guestmod.Extend(ko, opts.Extend)
 	return opts, nil
 }
 

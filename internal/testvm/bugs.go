@@ -2,7 +2,7 @@ package testvm
 
 import (
 	"context"
-	"os"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -33,9 +33,9 @@ var (
 	bugs   = map[string]*builtBugs{}
 )
 
-// BugsKO builds examples/guestmod/lucos_bugs for the default guest's
-// release, once per test process, and returns the .ko's path, in a
-// temporary directory that outlives the test so later tests reuse it.
+// BugsKO returns examples/guestmod/lucos_bugs built for the default guest's
+// release: guestmod.Cached, in the image's cache directory, built once for
+// each version of the module's source and looked up once per test process.
 // Without the guest image, make or the kernel's compiler it skips (fails
 // under CI); a compiler error or warning fails the test.
 func BugsKO(t testing.TB) string {
@@ -71,15 +71,7 @@ func BugsKOFor(t testing.TB, release string) string {
 }
 
 func buildBugs(ctx context.Context, img *guest.Image) (string, error) {
-	dir, err := os.MkdirTemp("", "lucos-guestmod-")
-	if err != nil {
-		return "", err
-	}
-	ko, err := guestmod.Build(ctx, img, dir)
-	if err != nil {
-		os.RemoveAll(dir)
-	}
-	return ko, err
+	return guestmod.Cached(ctx, img, io.Discard)
 }
 
 // WithBugs returns o with the lucos_bugs module added to the guest's
