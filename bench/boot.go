@@ -75,7 +75,8 @@ func plainBoot(ctx context.Context, cfg vmm.Config) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	args := []string{
-		"-machine", "q35", "-accel", "tcg", "-m", fmt.Sprintf("%dM", mem>>20), "-smp", fmt.Sprint(cpus),
+		// -accel as lucos runs it (vmm: thread=single).
+		"-machine", "q35", "-accel", "tcg,thread=single", "-m", fmt.Sprintf("%dM", mem>>20), "-smp", fmt.Sprint(cpus),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", cfg.Kernel, "-initrd", cfg.Initrd, "-append", vmm.KernelCmdline(""),
 		"-serial", "file:" + filepath.Join(dir, "console.log"),

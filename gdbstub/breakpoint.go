@@ -3,6 +3,7 @@ package gdbstub
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 )
 
@@ -83,5 +84,16 @@ func (c *Client) z(op byte, kind WatchKind, addr, length uint64) error {
 	c.cmd = strconv.AppendUint(c.cmd, addr, 16)
 	c.cmd = append(c.cmd, ',')
 	c.cmd = strconv.AppendUint(c.cmd, length, 16)
-	return c.commandOK()
+	if err := c.commandOK(); err != nil {
+		return err
+	}
+	if kind != 0 {
+		w := watchRange{kind, addr, length}
+		if i := slices.Index(c.watches, w); op == 'z' && i >= 0 {
+			c.watches = slices.Delete(c.watches, i, i+1)
+		} else if op == 'Z' {
+			c.watches = append(c.watches, w)
+		}
+	}
+	return nil
 }

@@ -65,6 +65,11 @@ type Client struct {
 	// act on: the last one selected with Hg, or the one a stop reply
 	// named (QEMU selects it on every stop). 0 when unknown.
 	gThread int
+
+	// watches are the watchpoints inserted (recoverLostWatch).
+	watches []watchRange
+	// lostWatches counts the hits recoverLostWatch found.
+	lostWatches atomic.Int64
 }
 
 // run is one period during which the VM runs, from a resume to its stop

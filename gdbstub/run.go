@@ -110,7 +110,8 @@ func (c *Client) Step(tid int) (StopEvent, error) {
 // ignores the 0x03, and the breakpoint's stop is the answer. If the VM is
 // already stopped, Stop returns the last stop and sends nothing (QEMU would
 // not answer). If ctx ends first, the VM may still stop later; a later Stop
-// or Wait returns that stop.
+// or Wait returns that stop. A watch hit QEMU dropped because the 0x03 met
+// it is recovered (recoverLostWatch): Stop then returns the watch's stop.
 func (c *Client) Stop(ctx context.Context) (StopEvent, error) {
 	c.mu.Lock()
 	r := c.run
@@ -122,7 +123,11 @@ func (c *Client) Stop(ctx context.Context) (StopEvent, error) {
 	select {
 	case <-r.done:
 		c.mu.Unlock()
-		return c.finish(ctx, r)
+		ev, err := c.finish(ctx, r)
+		if err != nil {
+			return ev, err
+		}
+		return c.recoverLostWatch(ev)
 	default:
 	}
 	if !r.interrupted {
@@ -144,7 +149,7 @@ func (c *Client) Stop(ctx context.Context) (StopEvent, error) {
 	if err != nil {
 		return ev, fmt.Errorf("stop: %w", err)
 	}
-	return ev, nil
+	return c.recoverLostWatch(ev)
 }
 
 // Wait blocks until the running VM stops by itself (breakpoint, watchpoint,

@@ -255,6 +255,7 @@ func (e *Engine) runUntil(ctx context.Context, g *gdbstub.Client, run, call int,
 		if ev.Signal == gdbstub.SignalInterrupt {
 			if inTrampoline(g, call, rt) {
 				e.log.Warn("guest call: found returned past its trampoline's store (the watch was not reported)", "vcpu", call)
+				clearLostWatch(g, call)
 				ev.Thread = call
 				return ev, true, nil
 			}
@@ -265,6 +266,16 @@ func (e *Engine) runUntil(ctx context.Context, g *gdbstub.Client, run, call int,
 		return ev, false, fmt.Errorf("guest call: stopped elsewhere (%s)", ev)
 	}
 	return ev, true, nil
+}
+
+// clearLostWatch steps vCPU tid, looping in a trampoline, once: if QEMU
+// still records a watch hit of it that it never reported (see
+// gdbstub.Client.Stop), the step's stop reports it and QEMU forgets it.
+// Removing the watch with the hit still recorded would leave QEMU holding
+// a freed watchpoint, which the vCPU's next watched access reports in
+// place of its own.
+func clearLostWatch(g *gdbstub.Client, tid int) {
+	g.Step(tid)
 }
 
 // inTrampoline reports whether vCPU tid is in rt's trampoline past its
@@ -344,6 +355,7 @@ func (e *Engine) awaitStray(s *strayCall) {
 			for _, tid := range g.Threads() {
 				if inTrampoline(g, tid, s.rt) {
 					e.log.Warn("guest call: found returned in its trampoline (its watch did not fire)", "vcpu", tid)
+					clearLostWatch(g, tid)
 					e.finishStray(g, tid)
 					pending = false
 					return nil

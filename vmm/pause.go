@@ -29,7 +29,7 @@ func (m *Machine) pauseLocked(ctx context.Context) error {
 	}
 	ev, err := m.gdb.Stop(ctx)
 	if err != nil {
-		return fmt.Errorf("pause: %w", err)
+		return fmt.Errorf("pause: %w", m.whyBroken(err))
 	}
 	m.paused, m.stop = true, ev
 	if m.trap != nil && isTrap(ev) {
@@ -61,6 +61,10 @@ func (m *Machine) resumeLocked() (time.Duration, error) {
 	m.pauses.Add(d)
 	return d, nil
 }
+
+// LostWatches counts the watch hits QEMU dropped at a pause and lucos
+// recovered (gdbstub.Client.Stop).
+func (m *Machine) LostWatches() int64 { return m.gdb.LostWatches() }
 
 // WithPaused runs fn with every vCPU stopped and resumes them afterwards,
 // even if fn fails. fn may use the gdbstub client freely but must not
@@ -104,6 +108,18 @@ func (m *Machine) ReadPhys(gpa uint64, buf []byte) error {
 		return fmt.Errorf("read guest-physical %#x: guest RAM is not mapped", gpa)
 	}
 	return m.ram.read(gpa, buf)
+}
+
+// whyBroken is err, a failure of the gdbstub connection, or, when QEMU
+// died (and so broke it), why QEMU died: its exit comes within moments of
+// the connection's end.
+func (m *Machine) whyBroken(err error) error {
+	select {
+	case <-m.exited:
+		return fmt.Errorf("%w: %w", ErrExited, m.exitError())
+	case <-time.After(time.Second):
+		return err
+	}
 }
 
 // alive reports ErrExited once QEMU has gone.

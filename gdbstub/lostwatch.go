@@ -1,0 +1,168 @@
+package gdbstub
+
+import (
+	"fmt"
+
+	"golang.org/x/arch/x86/x86asm"
+)
+
+// A write watch hit can be lost by QEMU 7.2 (TCG). The vCPU that hits a
+// watchpoint records the hit (CPUState.watchpoint_hit), re-executes the
+// store alone, and then asks the main loop for a debug stop. If the main
+// loop is already stopping the VM for a 0x03 at that moment, the VM stops
+// as paused, the debug stop request finds it stopped and is dropped, and
+// the stop reply is a plain T02 — for the vCPU that hit, since QEMU made it
+// the stop CPU. The hit stays recorded: the vCPU's next access to any
+// watched page then raises the debug interrupt from the middle of a
+// translation block, which under -icount aborts QEMU ("Raised interrupt
+// while not in I/O function"), and without it reports that stale watch
+// instead of checking the new access — a write that goes unseen. Once the
+// recorded watchpoint is removed the record dangles.
+//
+// QEMU clears the record only when it reports a debug stop of that vCPU.
+// So after a T02 whose vCPU has just executed a store into watched memory,
+// Stop steps that vCPU once: QEMU then reports the watch, and
+// clears it.
+
+// watchRange is one inserted watchpoint.
+type watchRange struct {
+	kind       WatchKind
+	addr, size uint64
+}
+
+// recoverLostWatch looks at a stop ev for a watch hit QEMU dropped (see
+// above): if ev is an interrupt stop whose vCPU stopped right after an
+// instruction that writes into a watched range, it steps that vCPU and
+// returns the stop of the step, which then reports the watch. Other stops,
+// and stops while nothing is watched, are returned as they are. The VM
+// stays stopped.
+func (c *Client) recoverLostWatch(ev StopEvent) (StopEvent, error) {
+	c.mu.Lock()
+	watched := len(c.watches) > 0
+	c.mu.Unlock()
+	if !watched || ev.Exited || ev.Signal != SignalInterrupt || ev.Thread == 0 {
+		return ev, nil
+	}
+	regs, err := c.ReadRegisters(ev.Thread)
+	if err != nil {
+		return ev, fmt.Errorf("look for a lost watch hit: %w", err)
+	}
+	rip, err := regs.Get("rip")
+	if err != nil {
+		return ev, err
+	}
+	// The longest x86 instruction is 15 bytes: the bytes before rip hold
+	// the one that just ran, those at rip the next.
+	var code [2 * maxInsn]byte
+	if err := c.ReadMemory(rip-maxInsn, code[:]); err != nil {
+		return ev, nil // not readable: not a store we can tell
+	}
+	if next, err := x86asm.Decode(code[maxInsn:], 64); err == nil && next.Op == x86asm.HLT {
+		return ev, nil // a step of hlt would not end
+	}
+	c.mu.Lock()
+	hit := storedIntoWatch(code[:maxInsn], rip, regs, c.watches)
+	c.mu.Unlock()
+	if !hit {
+		return ev, nil
+	}
+	step, err := c.Step(ev.Thread)
+	if err != nil {
+		return step, fmt.Errorf("recover a lost watch hit: %w", err)
+	}
+	if step.Reason == "watch" {
+		c.lostWatches.Add(1)
+	}
+	// The stop is the step's, but the pause began at ev's.
+	step.At = ev.At
+	return step, nil
+}
+
+// LostWatches counts the watch hits QEMU dropped at a Stop and the
+// client recovered.
+func (c *Client) LostWatches() int64 { return c.lostWatches.Load() }
+
+const maxInsn = 15
+
+// storedIntoWatch reports whether one of the instructions that can end
+// at rip (before holds the maxInsn bytes ahead of it) writes memory that
+// overlaps a write or access watch. Its address is computed from regs,
+// the registers after it ran, so an instruction that changes its own
+// address registers (push, string stores) is not recognised.
+func storedIntoWatch(before []byte, rip uint64, regs *Registers, watches []watchRange) bool {
+	for n := 1; n <= len(before); n++ {
+		in, err := x86asm.Decode(before[len(before)-n:], 64)
+		if err != nil || in.Len != n {
+			continue
+		}
+		m, ok := in.Args[0].(x86asm.Mem)
+		if !ok || !writesFirstArg(in.Op) {
+			continue
+		}
+		ea, ok := effectiveAddress(m, rip, regs)
+		if !ok {
+			continue
+		}
+		size := uint64(max(in.MemBytes, 1))
+		for _, w := range watches {
+			if w.kind != WatchRead && ea < w.addr+w.size && w.addr < ea+size {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// writesFirstArg: the instructions whose memory first operand is only
+// read are not stores.
+func writesFirstArg(op x86asm.Op) bool {
+	switch op {
+	case x86asm.CMP, x86asm.TEST, x86asm.BT, x86asm.PUSH, x86asm.JMP, x86asm.CALL,
+		x86asm.NOP, x86asm.LEA, x86asm.CLFLUSH, x86asm.PREFETCHT0, x86asm.PREFETCHT1,
+		x86asm.PREFETCHT2, x86asm.PREFETCHNTA, x86asm.PREFETCHW, x86asm.UCOMISS,
+		x86asm.UCOMISD, x86asm.COMISS, x86asm.COMISD, x86asm.LGDT, x86asm.LIDT:
+		return false
+	}
+	return true
+}
+
+// effectiveAddress computes m's linear address; next is the address of
+// the instruction after it (for RIP-relative operands).
+func effectiveAddress(m x86asm.Mem, next uint64, regs *Registers) (uint64, bool) {
+	reg := func(r x86asm.Reg) (uint64, bool) {
+		if r == 0 {
+			return 0, true
+		}
+		if r == x86asm.RIP {
+			return next, true
+		}
+		if r < x86asm.RAX || r > x86asm.R15 {
+			return 0, false // a 32-bit address or an odd register
+		}
+		v, err := regs.Get(gpr64[r-x86asm.RAX])
+		return v, err == nil
+	}
+	base, ok1 := reg(m.Base)
+	index, ok2 := reg(m.Index)
+	if !ok1 || !ok2 {
+		return 0, false
+	}
+	ea := base + index*uint64(m.Scale) + uint64(m.Disp)
+	switch m.Segment {
+	case x86asm.FS, x86asm.GS:
+		name := "fs_base"
+		if m.Segment == x86asm.GS {
+			name = "gs_base"
+		}
+		b, err := regs.Get(name)
+		if err != nil {
+			return 0, false
+		}
+		ea += b
+	}
+	return ea, true
+}
+
+// gpr64 names x86asm's RAX..R15 as QEMU's register layout does.
+var gpr64 = [...]string{"rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+	"r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"}
