@@ -21,49 +21,46 @@ var files embed.FS
 // "klp/cmdline-klp" or "guestmod/lucos_bugs") into a new directory under
 // dir and returns it.
 func Extract(path, dir string) (string, error) {
-	src, err := fs.Sub(files, path)
-	if err != nil {
-		return "", err
-	}
-	ents, err := fs.ReadDir(src, ".")
-	if err != nil || len(ents) == 0 {
-		return "", fmt.Errorf("no example %q", path)
-	}
 	dst := filepath.Join(dir, filepath.Base(path))
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return "", err
 	}
-	for _, e := range ents {
-		b, err := fs.ReadFile(src, e.Name())
-		if err != nil {
-			return "", err
-		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
-			return "", err
-		}
-	}
-	return dst, nil
+	err := eachFile(path, func(name string, b []byte) error {
+		return os.WriteFile(filepath.Join(dst, name), b, 0o644)
+	})
+	return dst, err
 }
 
 // Digest is a hex SHA-256 of the example at path: its files' names and
 // bytes. Builds cached by it are rebuilt when the example changes.
 func Digest(path string) (string, error) {
+	h := sha256.New()
+	err := eachFile(path, func(name string, b []byte) error {
+		fmt.Fprintf(h, "%s\x00%d\x00", name, len(b))
+		_, err := h.Write(b)
+		return err
+	})
+	return hex.EncodeToString(h.Sum(nil)), err
+}
+
+// eachFile calls fn with each file of the example at path, by name.
+func eachFile(path string, fn func(name string, b []byte) error) error {
 	src, err := fs.Sub(files, path)
 	if err != nil {
-		return "", err
+		return err
 	}
-	ents, err := fs.ReadDir(src, ".")
+	ents, err := fs.ReadDir(src, ".") // sorted by name
 	if err != nil || len(ents) == 0 {
-		return "", fmt.Errorf("no example %q", path)
+		return fmt.Errorf("no example %q", path)
 	}
-	h := sha256.New()
-	for _, e := range ents { // ReadDir sorts by name
+	for _, e := range ents {
 		b, err := fs.ReadFile(src, e.Name())
 		if err != nil {
-			return "", err
+			return err
 		}
-		fmt.Fprintf(h, "%s\x00%d\x00", e.Name(), len(b))
-		h.Write(b)
+		if err := fn(e.Name(), b); err != nil {
+			return err
+		}
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return nil
 }
