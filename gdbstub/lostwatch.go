@@ -38,7 +38,9 @@ type watchRange struct {
 // stays stopped.
 func (c *Client) recoverLostWatch(ev StopEvent) (StopEvent, error) {
 	c.mu.Lock()
-	watched := len(c.watches) > 0
+	// In physical mode 'm' would read rip as a physical address; lucos
+	// leaves that mode before it resumes, so a stop never meets it.
+	watched := len(c.watches) > 0 && !c.physical
 	c.mu.Unlock()
 	if !watched || ev.Exited || ev.Signal != SignalInterrupt || ev.Thread == 0 {
 		return ev, nil
