@@ -3,7 +3,6 @@ package gdbstub
 import (
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 )
 
@@ -88,12 +87,7 @@ func (c *Client) z(op byte, kind WatchKind, addr, length uint64) error {
 		return err
 	}
 	if kind != 0 {
-		w := watchRange{kind, addr, length}
-		if i := slices.Index(c.watches, w); op == 'z' && i >= 0 {
-			c.watches = slices.Delete(c.watches, i, i+1)
-		} else if op == 'Z' {
-			c.watches = append(c.watches, w)
-		}
+		c.trackWatch(op, watchRange{kind, addr, length})
 	}
 	return nil
 }

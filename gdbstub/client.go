@@ -575,14 +575,11 @@ func (c *Client) command() ([]byte, error) {
 
 // commandOK is command for packets whose only good reply is "OK".
 func (c *Client) commandOK() error {
-	p, err := c.command()
+	p, err := c.roundTrip(nil)
 	if err != nil {
 		return err
 	}
-	if string(p) != "OK" {
-		return &ProtocolError{Msg: fmt.Sprintf("reply %q to %s, want OK", truncate(p), packetName(c.cmd))}
-	}
-	return nil
+	return okReply(c.cmd, p)
 }
 
 // Monitor runs a QEMU monitor (HMP) command through the stub (qRcmd) and

@@ -25,7 +25,9 @@ import (
 // holds.
 
 // dropper drops the gdbstub connection at the nth 5-byte memory write
-// ('M' packet of an entry's jump) after it is armed.
+// ('M' packet of an entry's jump) after it is armed: the packets before
+// it in the same write reach QEMU, it and the rest do not. (The switch
+// sends every jump in one write, a batch.)
 type dropper struct {
 	left  atomic.Int32 // entry writes to let through; <= 0: disarmed
 	fired atomic.Bool
@@ -41,10 +43,16 @@ type dropConn struct {
 }
 
 func (c *dropConn) Write(b []byte) (int, error) {
-	if c.d.left.Load() > 0 && entryWrite.Match(b) && c.d.left.Add(-1) == 0 {
-		c.d.fired.Store(true)
-		c.Conn.Close()
-		return 0, errors.New("injected: connection dropped")
+	if c.d.left.Load() <= 0 {
+		return c.Conn.Write(b)
+	}
+	for _, m := range entryWrite.FindAllIndex(b, -1) {
+		if c.d.left.Add(-1) == 0 {
+			c.d.fired.Store(true)
+			n, _ := c.Conn.Write(b[:m[0]])
+			c.Conn.Close()
+			return n, errors.New("injected: connection dropped")
+		}
 	}
 	return c.Conn.Write(b)
 }

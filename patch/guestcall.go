@@ -100,24 +100,30 @@ func (e *Engine) call(ctx context.Context, g *gdbstub.Client, site callSite, p *
 	if e.stray != nil {
 		return 0, fmt.Errorf("guest call: %w earlier (vCPU %d); no new call until it does", ErrCallTimeout, e.stray.tid)
 	}
-	if err := e.traps.lift(g); err != nil {
-		return 0, err
+	// Three round trips to QEMU, whatever the number of traps: lift them
+	// and read the vCPU's registers; set up the call; after it, put the
+	// registers and the traps back.
+	b := g.Batch()
+	e.traps.lift(b)
+	saved := b.ReadRegisters(site.tid)
+	if err := b.Flush(); err != nil {
+		return 0, fmt.Errorf("guest call on vCPU %d: %w", site.tid, err)
 	}
-	ret, err := e.callLifted(ctx, g, site, p, fn, args)
-	if perr := e.traps.place(g); err == nil {
-		err = perr
+	ret, err := e.callLifted(ctx, g, b, site, p, fn, args, saved)
+	e.traps.place(b)
+	if perr := b.Flush(); err == nil && perr != nil {
+		err = fmt.Errorf("guest call on vCPU %d: restore: %w", site.tid, perr)
 	}
 	e.calls.Add(1)
 	return ret, err
 }
 
-func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSite, p *Patch, fn uint64, args []uint64) (uint64, error) {
+// callLifted runs the call with lucos's traps lifted; saved are the vCPU's
+// registers. It leaves in b what puts the vCPU back (its registers, the
+// call's watch removed) for the caller to send with the traps.
+func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, b *gdbstub.Batch, site callSite, p *Patch, fn uint64, args []uint64, saved *gdbstub.Registers) (uint64, error) {
 	rt := p.rt
 	tid := site.tid
-	saved, err := g.ReadRegisters(tid)
-	if err != nil {
-		return 0, err
-	}
 	if cs, _ := saved.Get("cs"); cs&3 != 0 {
 		return 0, fmt.Errorf("guest call on vCPU %d: it runs in user mode", tid)
 	}
@@ -130,47 +136,34 @@ func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSit
 	sp := ((rsp - 8) &^ 0xf) - 8
 	var ret [8]byte
 	binary.LittleEndian.PutUint64(ret[:], rt.Trampoline)
-	if err := e.writeVirt(g, sp, ret[:]); err != nil {
+	if err := e.queueVirt(b, sp, ret[:]); err != nil {
 		return 0, fmt.Errorf("guest call: push the return address: %w", err)
 	}
-	regs := saved.Clone()
-	set := func(name string, v uint64) {
-		if err == nil {
-			err = regs.Set(name, v)
-		}
-	}
-	set("rip", rt.Call)
-	set("rsp", sp)
+	b.WriteRegister(tid, "rip", rt.Call)
+	b.WriteRegister(tid, "rsp", sp)
 	vals := append([]uint64{fn}, args...)
 	for i, r := range argRegs {
 		v := uint64(0)
 		if i < len(vals) {
 			v = vals[i]
 		}
-		set(r, v)
+		b.WriteRegister(tid, r, v)
 	}
-	if err != nil {
-		return 0, err
-	}
-	if err := g.WriteRegisters(tid, regs); err != nil {
-		return 0, err
-	}
-	if err := g.InsertWatchpoint(gdbstub.WatchWrite, rt.Done, 8); err != nil {
-		g.WriteRegisters(tid, saved)
-		return 0, err
-	}
+	b.InsertWatchpoint(gdbstub.WatchWrite, rt.Done, 8)
 	if site.idle {
-		if err := kick(g, tid); err != nil {
-			g.RemoveWatchpoint(gdbstub.WatchWrite, rt.Done, 8)
-			g.WriteRegisters(tid, saved)
-			return 0, err
-		}
+		queueKick(b, tid)
+	}
+	undo := func() {
+		b.RemoveWatchpoint(gdbstub.WatchWrite, rt.Done, 8)
+		b.WriteRegisters(tid, saved)
+	}
+	if err := b.Flush(); err != nil {
+		undo()
+		return 0, fmt.Errorf("guest call on vCPU %d: set up: %w", tid, err)
 	}
 	ev, err := e.runCall(ctx, g, tid, p, site.idle)
 	if errors.Is(err, errNotStarted) {
-		// Safe to undo: nothing of the call ran.
-		g.RemoveWatchpoint(gdbstub.WatchWrite, rt.Done, 8)
-		g.WriteRegisters(tid, saved)
+		undo() // safe: nothing of the call ran
 		return 0, fmt.Errorf("guest call on vCPU %d: %w (it stayed halted)", tid, err)
 	}
 	if err != nil {
@@ -183,8 +176,8 @@ func (e *Engine) callLifted(ctx context.Context, g *gdbstub.Client, site callSit
 		}
 		return 0, err
 	}
-	g.RemoveWatchpoint(gdbstub.WatchWrite, rt.Done, 8)
-	return e.finishCall(g, ev.Thread, saved, rt.Done)
+	b.RemoveWatchpoint(gdbstub.WatchWrite, rt.Done, 8)
+	return e.finishCall(b, ev.Thread, saved, rt.Done)
 }
 
 // runCall runs vCPU tid alone until the trampoline's store to rt.Done
@@ -290,33 +283,29 @@ func returned(ev gdbstub.StopEvent, done uint64) bool {
 	return ev.Signal == gdbstub.SignalTrap && ev.Reason == "watch" && ev.Addr == done
 }
 
-// finishCall reads the result the trampoline stored at done and puts back
-// the general-purpose registers, rip and eflags saved before the call, onto
-// vCPU at (the one that reached the trampoline). Nothing else: 'G' would also write CR3, the FPU state and
-// the segment bases, which are the interrupted context's as long as the
-// call did not switch tasks (the runtime runs it with preemption off) —
-// and after a call that ran while the guest went on, writing back a stale
-// CR3 would leave the CPU on page tables the kernel thinks it left.
-func (e *Engine) finishCall(g *gdbstub.Client, at int, saved *gdbstub.Registers, done uint64) (uint64, error) {
+// finishCall reads the result the trampoline stored at done and queues on
+// b the writes that put back the general-purpose registers, rip and eflags
+// saved before the call, onto vCPU at (the one that reached the
+// trampoline), one 'P' each. Nothing else: 'G' would also write CR3, the
+// FPU state and the segment bases, which are the interrupted context's as
+// long as the call did not switch tasks (the runtime runs it with
+// preemption off) — and after a call that ran while the guest went on,
+// writing back a stale CR3 would leave the CPU on page tables the kernel
+// thinks it left.
+func (e *Engine) finishCall(b *gdbstub.Batch, at int, saved *gdbstub.Registers, done uint64) (uint64, error) {
 	var word [8]byte
 	if err := e.k.ReadVirt(done, word[:]); err != nil {
 		return 0, fmt.Errorf("read the result of a guest call: %w", err)
 	}
 	ret := binary.LittleEndian.Uint64(word[:])
-	cur, err := g.ReadRegisters(at)
-	if err != nil {
-		return 0, err
-	}
 	for _, r := range gprs {
 		v, err := saved.Get(r)
-		if err == nil {
-			err = cur.Set(r, v)
-		}
 		if err != nil {
 			return ret, err
 		}
+		b.WriteRegister(at, r, v)
 	}
-	return ret, g.WriteRegisters(at, cur)
+	return ret, nil
 }
 
 // strayCall is a guest call that timed out: when its vCPU reaches the
@@ -373,8 +362,12 @@ func (e *Engine) awaitStray(s *strayCall) {
 func (e *Engine) finishStray(g *gdbstub.Client, tid int) error {
 	s := e.stray
 	e.stray = nil
-	g.RemoveWatchpoint(gdbstub.WatchWrite, s.rt.Done, 8)
-	_, err := e.finishCall(g, tid, s.saved, s.rt.Done)
+	b := g.Batch()
+	b.RemoveWatchpoint(gdbstub.WatchWrite, s.rt.Done, 8)
+	_, err := e.finishCall(b, tid, s.saved, s.rt.Done)
+	if ferr := b.Flush(); err == nil {
+		err = ferr
+	}
 	e.log.Warn("guest call returned late; vCPU restored", "vcpu", tid, "err", err)
 	if s.then != nil {
 		s.then(g)
@@ -387,12 +380,19 @@ func (e *Engine) finishStray(g *gdbstub.Client, tid int) error {
 // 0xfee00000 | apic_id<<12 in guest-physical space is an MSI to that APIC.
 // QEMU numbers APIC IDs from 0 in vCPU order.
 func kick(g *gdbstub.Client, tid int) error {
-	var data [4]byte
-	binary.LittleEndian.PutUint32(data[:], ipiVector)
-	if err := physWrite(g, msiAddrBase|uint64(tid-1)<<12, data[:]); err != nil {
+	b := g.Batch()
+	queueKick(b, tid)
+	if err := b.Flush(); err != nil {
 		return fmt.Errorf("kick vCPU %d: %w", tid, err)
 	}
 	return nil
+}
+
+// queueKick adds kick's MSI write to b.
+func queueKick(b *gdbstub.Batch, tid int) {
+	var data [4]byte
+	binary.LittleEndian.PutUint32(data[:], ipiVector)
+	b.WritePhysical(msiAddrBase|uint64(tid-1)<<12, data[:])
 }
 
 // pick finds a vCPU where a callback may run now: in kernel mode with
@@ -417,33 +417,37 @@ func (e *Engine) pick(ctx context.Context, g *gdbstub.Client, nmiSafe bool) (cal
 }
 
 func (e *Engine) pickNow(g *gdbstub.Client, nmiSafe bool) (callSite, bool, error) {
+	// What decides, for every vCPU, in one round trip.
+	type vcpu struct{ cs, rip, eflags, rsp, gsBase uint64 }
+	tids := g.Threads()
+	regs := make([]vcpu, len(tids))
+	b := g.Batch()
+	for i, tid := range tids {
+		b.ReadRegister(tid, "cs", &regs[i].cs)
+		b.ReadRegister(tid, "rip", &regs[i].rip)
+		b.ReadRegister(tid, "eflags", &regs[i].eflags)
+		b.ReadRegister(tid, "rsp", &regs[i].rsp)
+		b.ReadRegister(tid, "gs_base", &regs[i].gsBase)
+	}
+	if err := b.Flush(); err != nil {
+		return callSite{}, false, err
+	}
 	var idle []int
-	for _, tid := range g.Threads() {
-		cs, err := g.ReadRegister(tid, "cs")
-		if err != nil {
-			return callSite{}, false, err
-		}
-		if cs&3 != 0 {
+	for i, tid := range tids {
+		r := regs[i]
+		if r.cs&3 != 0 {
 			continue
 		}
-		rip, err := g.ReadRegister(tid, "rip")
-		if err != nil {
-			return callSite{}, false, err
-		}
 		var prev [1]byte
-		if e.k.ReadVirt(rip-1, prev[:]) == nil && prev[0] == opHLT {
+		if e.k.ReadVirt(r.rip-1, prev[:]) == nil && prev[0] == opHLT {
 			idle = append(idle, tid)
 			continue
 		}
-		fl, err := g.ReadRegister(tid, "eflags")
-		if err != nil {
-			return callSite{}, false, err
-		}
-		if fl&eflagsIF == 0 && !nmiSafe {
+		if r.eflags&eflagsIF == 0 && !nmiSafe {
 			continue
 		}
-		if ok, err := e.kernelContext(g, tid, rip); err != nil || ok {
-			return callSite{tid: tid}, ok, err
+		if e.kernelContext(r.rip, r.rsp, r.gsBase) {
+			return callSite{tid: tid}, true, nil
 		}
 	}
 	if len(idle) > 0 {
@@ -452,25 +456,13 @@ func (e *Engine) pickNow(g *gdbstub.Client, nmiSafe bool) (callSite, bool, error
 	return callSite{}, false, nil
 }
 
-// kernelContext reports whether vCPU tid, in kernel mode at rip, runs on a
+// kernelContext reports whether a vCPU in kernel mode at rip runs on a
 // kernel stack with the kernel's GS base — not in the entry code, where
 // the stack or GS may still be user space's (at the syscall entry the CPU
 // is in kernel mode before swapgs and the stack switch). A call there
 // would run on the user's stack with the user's per-CPU base.
-func (e *Engine) kernelContext(g *gdbstub.Client, tid int, rip uint64) (bool, error) {
-	if e.entryText.Contains(rip) {
-		return false, nil
-	}
-	for _, r := range []string{"rsp", "gs_base"} {
-		v, err := g.ReadRegister(tid, r)
-		if err != nil {
-			return false, err
-		}
-		if v < kernelHalf {
-			return false, nil
-		}
-	}
-	return true, nil
+func (e *Engine) kernelContext(rip, rsp, gsBase uint64) bool {
+	return !e.entryText.Contains(rip) && rsp >= kernelHalf && gsBase >= kernelHalf
 }
 
 // kernelHalf is where x86-64's kernel addresses begin.

@@ -49,25 +49,30 @@ func readEntry(k *introspect.Kernel, va uint64) ([]byte, error) {
 }
 
 // install writes a jump over the entry of each function, all or nothing;
-// each entry must still be what the patch was linked against (f.Orig).
+// each entry must still be what the patch was linked against (f.Orig). All
+// jumps go out in one batch: the pause costs one round trip to QEMU
+// whatever the number of functions.
 // Precondition: the VM is paused.
 func (e *Engine) install(g *gdbstub.Client, funcs []Func) error {
-	for i, f := range funcs {
+	b := g.Batch()
+	for _, f := range funcs {
 		cur, err := readEntry(e.k, f.OldAddr)
 		if err != nil {
-			return e.undoInstall(g, funcs[:i], err)
+			return err
 		}
 		if !bytes.Equal(cur, f.expect()) { // the ftrace NOP, or the jump of the patch below
-			err := fmt.Errorf("%w: %s at %#x starts with % x: %s", ErrTargetChanged, f.Name, f.OldAddr, cur, describeEntry(cur))
-			return e.undoInstall(g, funcs[:i], err)
+			return fmt.Errorf("%w: %s at %#x starts with % x: %s", ErrTargetChanged, f.Name, f.OldAddr, cur, describeEntry(cur))
 		}
 		jmp, err := jmpTo(f.OldAddr, f.New)
 		if err == nil {
-			err = e.writeVirt(g, f.OldAddr, jmp)
+			err = e.queueVirt(b, f.OldAddr, jmp)
 		}
 		if err != nil {
-			return e.undoInstall(g, funcs[:i], err)
+			return err
 		}
+	}
+	if err := b.Flush(); err != nil {
+		return e.undoInstall(g, funcs, err)
 	}
 	return nil
 }
@@ -80,19 +85,26 @@ func (f Func) expect() []byte {
 	return f.Orig
 }
 
-func (e *Engine) undoInstall(g *gdbstub.Client, done []Func, cause error) error {
-	for _, f := range done {
-		if err := e.writeVirt(g, f.OldAddr, f.expect()); err != nil {
+// undoInstall puts back what each entry held before install (entries
+// install had not reached yet get the bytes they hold).
+func (e *Engine) undoInstall(g *gdbstub.Client, funcs []Func, cause error) error {
+	b := g.Batch()
+	for _, f := range funcs {
+		if err := e.queueVirt(b, f.OldAddr, f.expect()); err != nil {
 			return fmt.Errorf("%w; and restoring %s failed: %v (guest left with a partial redirect)", cause, f.Name, err)
 		}
+	}
+	if err := b.Flush(); err != nil {
+		return fmt.Errorf("%w; and restoring the entries failed: %v (guest left with a partial redirect)", cause, err)
 	}
 	return cause
 }
 
 // restore puts back the original entry bytes of each function, checking
-// first that every entry still holds lucos's jump.
+// first that every entry still holds lucos's jump; one batch, as install.
 // Precondition: the VM is paused.
 func (e *Engine) restore(g *gdbstub.Client, funcs []Func) error {
+	orig, jumps := g.Batch(), g.Batch()
 	for _, f := range funcs {
 		cur, err := readEntry(e.k, f.OldAddr)
 		if err != nil {
@@ -103,34 +115,41 @@ func (e *Engine) restore(g *gdbstub.Client, funcs []Func) error {
 			return fmt.Errorf("%w: %s at %#x holds % x, not lucos's jump % x: something else changed it; not touching it",
 				ErrTargetChanged, f.Name, f.OldAddr, cur, want)
 		}
-	}
-	for i, f := range funcs {
-		if err := e.writeVirt(g, f.OldAddr, f.Orig); err != nil {
-			// Put the jumps back so the functions are consistent again.
-			for _, d := range funcs[:i] {
-				j, _ := jmpTo(d.OldAddr, d.New)
-				e.writeVirt(g, d.OldAddr, j)
-			}
+		if err := e.queueVirt(orig, f.OldAddr, f.Orig); err != nil {
 			return err
 		}
+		e.queueVirt(jumps, f.OldAddr, want) // the same pages: it translates too
+	}
+	if err := orig.Flush(); err != nil {
+		// Put the jumps back so the functions are consistent again.
+		if jerr := jumps.Flush(); jerr != nil {
+			return fmt.Errorf("%w; and putting the jumps back failed: %v", err, jerr)
+		}
+		return err
 	}
 	return nil
 }
 
 // writeVirt writes kernel memory (text, or a kernel stack) at a virtual
 // address through QEMU in physical mode (kernel text is read-only and,
-// under PTI, absent from user page tables; physical writes bypass both),
-// splitting at page boundaries.
+// under PTI, absent from user page tables; physical writes bypass both).
 func (e *Engine) writeVirt(g *gdbstub.Client, va uint64, data []byte) error {
+	b := g.Batch()
+	if err := e.queueVirt(b, va, data); err != nil {
+		return err
+	}
+	return b.Flush()
+}
+
+// queueVirt adds writeVirt's physical writes to b, split at page boundaries.
+func (e *Engine) queueVirt(b *gdbstub.Batch, va uint64, data []byte) error {
 	for len(data) > 0 {
 		m, err := e.k.Walker.Translate(va)
 		if err != nil {
 			return err
 		}
 		n := min(uint64(len(data)), m.VA+m.Size-va)
-		if err := physWrite(g, m.PA+(va-m.VA), data[:n]); err != nil {
-			return err
-		}
+		b.WritePhysical(m.PA+(va-m.VA), data[:n])
 		data, va = data[n:], va+n
 	}
 	return nil

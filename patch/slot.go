@@ -172,40 +172,35 @@ func (e *Engine) loadSteps(s *slot, pages []Page) ([]func(g *gdbstub.Client) err
 }
 
 // unmapSlot clears the PMD entry, flushes every vCPU's TLB, and clears the
-// slot's page table so the next patch there starts from nothing.
+// slot's page table so the next patch there starts from nothing. QEMU
+// flushes a vCPU's TLB when its CR3 is written, so each CR3 is written back
+// unchanged. Two round trips: the PMD entry and every CR3 read, then every
+// CR3 and the table written (QEMU runs a batch's packets in order).
 // Precondition: the VM is paused and nothing runs in or returns to the slot.
 func (e *Engine) unmapSlot(g *gdbstub.Client, s *slot) error {
-	if err := physWrite(g, s.pmd, make([]byte, 8)); err != nil {
-		return err
+	tids := g.Threads()
+	cr3 := make([]uint64, len(tids))
+	b := g.Batch()
+	b.WritePhysical(s.pmd, make([]byte, 8))
+	for i, tid := range tids {
+		b.ReadRegister(tid, "cr3", &cr3[i])
 	}
-	if err := flushTLBs(g); err != nil {
-		return err
+	if err := b.Flush(); err != nil {
+		return fmt.Errorf("unmap slot %d: %w", s.index, err)
 	}
-	return physWrite(g, s.pa, make([]byte, 4096))
-}
-
-// flushTLBs makes every vCPU drop its cached translations: QEMU flushes a
-// vCPU's TLB when its CR3 is written, so each CR3 is written back unchanged.
-func flushTLBs(g *gdbstub.Client) error {
-	for _, tid := range g.Threads() {
-		cr3, err := g.ReadRegister(tid, "cr3")
-		if err != nil {
-			return fmt.Errorf("flush TLB of vCPU %d: %w", tid, err)
-		}
-		if err := g.WriteRegister(tid, "cr3", cr3); err != nil {
-			return fmt.Errorf("flush TLB of vCPU %d: %w", tid, err)
-		}
+	for i, tid := range tids {
+		b.WriteRegister(tid, "cr3", cr3[i])
+	}
+	b.WritePhysical(s.pa, make([]byte, 4096))
+	if err := b.Flush(); err != nil {
+		return fmt.Errorf("unmap slot %d: flush TLBs and clear its table: %w", s.index, err)
 	}
 	return nil
 }
 
 // physWrite writes guest-physical memory through QEMU, so TCG notices.
 func physWrite(g *gdbstub.Client, pa uint64, data []byte) error {
-	if err := g.SetPhysical(true); err != nil {
-		return err
-	}
-	if err := g.WriteMemory(pa, data); err != nil {
-		return fmt.Errorf("write %d bytes at guest-physical %#x: %w", len(data), pa, err)
-	}
-	return nil
+	b := g.Batch()
+	b.WritePhysical(pa, data)
+	return b.Flush()
 }

@@ -66,32 +66,28 @@ func (t *trapSet) dropWatches(g *gdbstub.Client, p *Patch) error {
 	return first
 }
 
-// lift takes every trap out of the guest (they stay in the set).
-func (t *trapSet) lift(g *gdbstub.Client) error {
+// lift queues on b the removal of every trap from the guest (they stay
+// in the set).
+func (t *trapSet) lift(b *gdbstub.Batch) {
 	if t.lifted {
-		return nil
+		return
 	}
 	t.lifted = true
 	for _, w := range t.watches {
-		if err := g.RemoveWatchpoint(gdbstub.WatchWrite, w.addr, w.size); err != nil {
-			return fmt.Errorf("lift watch %#x: %w", w.addr, err)
-		}
+		b.RemoveWatchpoint(gdbstub.WatchWrite, w.addr, w.size)
 	}
-	return nil
 }
 
-// place puts every trap of the set back into the guest.
-func (t *trapSet) place(g *gdbstub.Client) error {
+// place queues on b the insertion of every trap of the set back into the
+// guest.
+func (t *trapSet) place(b *gdbstub.Batch) {
 	if !t.lifted {
-		return nil
+		return
 	}
 	t.lifted = false
 	for _, w := range t.watches {
-		if err := g.InsertWatchpoint(gdbstub.WatchWrite, w.addr, w.size); err != nil {
-			return fmt.Errorf("place watch %#x: %w", w.addr, err)
-		}
+		b.InsertWatchpoint(gdbstub.WatchWrite, w.addr, w.size)
 	}
-	return nil
 }
 
 // onTrap is the Machine's trap handler: a watch of lucos's was hit. It runs with the VM stopped and returns with it stopped.
