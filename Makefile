@@ -54,7 +54,9 @@ test-unit: build
 
 # Every go test -fuzz target of the project, FUZZTIME each, FUZZFLAGS added
 # (e.g. FUZZFLAGS=-parallel=1 beside other work): scripts/fuzz.sh. A crasher
-# is written to its package's testdata/fuzz (commit it with the fix); the run
+# is written to its package's testdata/fuzz (commit it with the fix), and every
+# target's run is appended to docs/bench/fuzz.tsv (the Fuzzing section of
+# docs/BENCHMARKS.md sums it); the run
 # goes on through every target and then names the ones that failed.
 FUZZTIME ?= 1m
 FUZZFLAGS ?=

@@ -59,11 +59,12 @@ func (s Section) title() string {
 	return s.Result.Scenario
 }
 
-// Write renders the whole of BENCHMARKS.md to w. It checks everything first
+// Write renders the whole of BENCHMARKS.md to w; fuzz is the log of
+// `make fuzz` (its section is left out when the log is empty). It checks everything first
 // (every section has a Result, every figure path stays inside docs/, every
 // claim names a row that is in the report) and writes nothing if a check
 // fails.
-func Write(w io.Writer, m Machine, sections []Section, claims []Claim) error {
+func Write(w io.Writer, m Machine, sections []Section, claims []Claim, fuzz []FuzzRun) error {
 	if err := check(sections, claims); err != nil {
 		return fmt.Errorf("benchmark report: %w", err)
 	}
@@ -94,6 +95,11 @@ func Write(w io.Writer, m Machine, sections []Section, claims []Claim) error {
 		for _, f := range s.Figures {
 			fmt.Fprintf(&b, "![%s](%s)\n\n*%s*\n\n", f.Caption, path.Clean(f.Path), f.Caption)
 		}
+	}
+
+	if len(fuzz) > 0 {
+		anchors.heading(&b, "##", "Fuzzing")
+		writeFuzz(&b, fuzz)
 	}
 
 	anchors.heading(&b, "##", "Claims")

@@ -56,7 +56,11 @@ var claims = []Claim{
 
 func TestWriteGolden(t *testing.T) {
 	var b bytes.Buffer
-	if err := Write(&b, machine, sections(), claims); err != nil {
+	fuzz, err := ReadFuzzLog(strings.NewReader(fuzzLog))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(&b, machine, sections(), claims, fuzz); err != nil {
 		t.Fatal(err)
 	}
 	golden := filepath.Join("testdata", "golden.md")
@@ -89,7 +93,7 @@ func TestWriteRefuses(t *testing.T) {
 		{"two sections for one scenario", []Section{{Result: &bench.Result{Scenario: "s"}}, {Result: &bench.Result{Scenario: "s"}}}, nil, nil},
 	} {
 		var b bytes.Buffer
-		err := Write(&b, machine, tc.sections, tc.claims)
+		err := Write(&b, machine, tc.sections, tc.claims, nil)
 		if err == nil || tc.want != nil && !errors.Is(err, tc.want) {
 			t.Errorf("%s: got %v, want an error (%v)", tc.name, err, tc.want)
 		}
@@ -104,7 +108,7 @@ func TestOtherLoad(t *testing.T) {
 	m := machine
 	m.OtherLoad = "other QEMU processes during 12% of the run"
 	var b bytes.Buffer
-	if err := Write(&b, m, sections(), nil); err != nil {
+	if err := Write(&b, m, sections(), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(b.String(), "- Duration: 12m34s\n- Other load: other QEMU processes during 12% of the run\n") {
@@ -167,5 +171,24 @@ func TestProbe(t *testing.T) {
 	}
 	if _, err := os.Stat("/proc/meminfo"); err == nil && m.MemoryGiB <= 0 {
 		t.Errorf("Probe read no memory size from /proc/meminfo: %+v", m)
+	}
+}
+
+const fuzzLog = `# date	package	target	time	execs	result	note
+2026-12-06T10:00:00Z	github.com/lucos/lucos/gdbstub	FuzzReadPacket	3m	3900000	ok
+2026-12-06T10:03:00Z	github.com/lucos/lucos/introspect	FuzzUnwind	3m		failed	reads near 2^64 wrapped past a stack copy's bounds; fixed in 3f30dde
+2026-12-07T09:00:00Z	github.com/lucos/lucos/gdbstub	FuzzReadPacket	1h	70000000	ok
+`
+
+func TestReadFuzzLogRefuses(t *testing.T) {
+	for _, bad := range []string{
+		"2026-12-06T10:00:00Z\tp\tFuzzX\t3m\t12\n",          // 5 fields
+		"2026-12-06T10:00:00Z\tp\tFuzzX\tthree\t12\tok\n",   // time
+		"2026-12-06T10:00:00Z\tp\tFuzzX\t3m\t-4\tok\n",      // execs
+		"2026-12-06T10:00:00Z\tp\tFuzzX\t3m\t12\tcrashed\n", // result
+	} {
+		if _, err := ReadFuzzLog(strings.NewReader(bad)); err == nil {
+			t.Errorf("ReadFuzzLog(%q): no error", bad)
+		}
 	}
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -160,7 +162,12 @@ func writeReport(ctx context.Context, path, command, otherLoad string, opts laun
 		return fmt.Errorf("report: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	if err := report.Write(tmp, m, sections, rc); err != nil {
+	fuzz, err := readFuzzLog(filepath.Join(filepath.Dir(path), "bench", "fuzz.tsv"))
+	if err != nil {
+		tmp.Close()
+		return fmt.Errorf("report: %w", err)
+	}
+	if err := report.Write(tmp, m, sections, rc, fuzz); err != nil {
 		tmp.Close()
 		return err
 	}
@@ -241,4 +248,22 @@ func otherQEMU() bool {
 		}
 	}
 	return false
+}
+
+// readFuzzLog reads the log of `make fuzz` next to the report; none is no
+// runs.
+func readFuzzLog(path string) ([]report.FuzzRun, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	runs, err := report.ReadFuzzLog(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return runs, nil
 }
