@@ -223,10 +223,7 @@ func (b *Batch) Flush() error {
 	c := b.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := c.settle(); err != nil {
-		return err
-	}
-	if err := c.recover(); err != nil {
+	if err := c.settle(); err != nil { // connects again if the connection broke
 		return err
 	}
 	// The batch with the mode and thread selections it needs, as the stub
