@@ -13,7 +13,22 @@ import (
 	"time"
 
 	"github.com/lucos/lucos/launch"
+	"github.com/lucos/lucos/vmm"
 )
+
+// accelNote says in a scenario's note how the guest ran: the accelerator,
+// and under TCG its threading (vmm.TCGThreads), which changes anything that
+// waits for another vCPU.
+func accelNote(m *vmm.Machine) string {
+	accel, _ := m.Accel()
+	if accel != vmm.AccelTCG {
+		return strings.ToUpper(string(accel))
+	}
+	if m.TCGThreads() == vmm.TCGThreadsMulti {
+		return "TCG with a host thread per vCPU"
+	}
+	return "TCG with all vCPUs on one host thread"
+}
 
 // Result is one scenario's outcome.
 type Result struct {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lucos/lucos/bzimage"
 	"github.com/lucos/lucos/launch"
 	"github.com/lucos/lucos/vmm"
 )
@@ -74,9 +75,13 @@ func plainBoot(ctx context.Context, cfg vmm.Config) (time.Duration, error) {
 	cpus := max(cfg.CPUs, 1)
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
+	hdr, err := bzimage.ParseFile(cfg.Kernel)
+	if err != nil {
+		return 0, err
+	}
+	threads, _ := cfg.TCGThreads.Resolve(hdr.Release()) // as lucos runs it
 	args := []string{
-		// -accel as lucos runs it (vmm: thread=single).
-		"-machine", "q35", "-accel", "tcg,thread=single", "-m", fmt.Sprintf("%dM", mem>>20), "-smp", fmt.Sprint(cpus),
+		"-machine", "q35", "-accel", "tcg,thread=" + string(threads), "-m", fmt.Sprintf("%dM", mem>>20), "-smp", fmt.Sprint(cpus),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", cfg.Kernel, "-initrd", cfg.Initrd, "-append", vmm.KernelCmdline(""),
 		"-serial", "file:" + filepath.Join(dir, "console.log"),

@@ -130,7 +130,7 @@ func Data(ctx context.Context, opts launch.Options, progress io.Writer) (*Result
 	}
 	extra := (rows[2].P50 - rows[3].P50) / 2 // two trapped writes per op
 	return &Result{Scenario: "data coherence: trapped writes", Rows: rows, Notes: []string{
-		fmt.Sprintf("%s, %d vCPUs, TCG, lucos_bugs module; %d interleaved rounds of no patch / data-layout transitioning with watches / data-layout committed, each %d ops per loop, timed on the host (the guest's clock stops while a trap pauses it).", m.Release(), m.CPUs(), dataRounds, dataOps),
+		fmt.Sprintf("%s, %d vCPUs, %s, lucos_bugs module; %d interleaved rounds of no patch / data-layout transitioning with watches / data-layout committed, each %d ops per loop, timed on the host (the guest's clock stops while a trap pauses it).", m.Release(), m.CPUs(), accelNote(m), dataRounds, dataOps),
 		fmt.Sprintf("%d trapped writes in the watched runs; each costs the guest about %.0f µs (write-heavy µs/op watched minus committed, over 2 traps per op); lucos's own handling of one is the first row, the rest is QEMU's stop and resume.", traps, extra),
 	}}, nil
 }

@@ -47,7 +47,7 @@ func Pause(ctx context.Context, opts launch.Options, progress io.Writer) (*Resul
 	return &Result{Scenario: "pause of all vCPUs", Rows: []Row{
 		distribution("guest-visible pause (stop reply → continue)", "µs", pause),
 		distribution("stop latency (0x03 → stop reply; guest still runs)", "µs", stop),
-	}, Notes: []string{fmt.Sprintf("%d cycles, %d vCPUs each running a busy shell loop, TCG, 1 ms between cycles.", PauseCount, m.CPUs())}}, nil
+	}, Notes: []string{fmt.Sprintf("%d cycles, %d vCPUs each running a busy shell loop, %s, 1 ms between cycles.", PauseCount, m.CPUs(), accelNote(m))}}, nil
 }
 
 // BusyLoops is a guest shell script that starts n endless busy loops in the

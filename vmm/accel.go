@@ -104,3 +104,56 @@ func (a Accel) resolve() (Accel, string, error) {
 		return AccelKVM, "auto: the KVM probe passed", nil
 	}
 }
+
+// TCGThreads is how TCG runs the vCPUs: each on its own host thread
+// (multi), or all of them in turn on one (single).
+//
+// QEMU 7.2's multi-threaded TCG can keep a translation of code that another
+// vCPU rewrites while it is being translated, and a guest kernel patching
+// its own text (jump labels, static calls, livepatch) then runs the bytes it
+// has replaced: the 6.12 guest took the int3 of a finished text_poke_bp
+// ("Oops: int3" at sched_clock_idle_wakeup_event+0x5 and
+// sched_clock_cpu+0x9, when late init marks sched_clock stable) in about 1
+// boot in 60 on a loaded host. On one thread nothing translates while
+// something writes.
+//
+// One thread has its own cost. It runs a busy vCPU for up to 100 ms of guest
+// time before the next (QEMU's round-robin kick period, not configurable),
+// so whatever waits for another busy vCPU waits that long: under a workload
+// on every vCPU, an in-guest livepatch transition took p50 1687 ms on one
+// thread against 82 ms on two, and the 6.12 apply benchmark 15 min against
+// 72 s. The 6.1 guest was never seen to take the stale int3 in the many
+// hundreds of boots of the suite on several threads. So auto chooses one
+// thread for kernels from 6.12 on, several below.
+type TCGThreads string
+
+const (
+	TCGThreadsAuto   TCGThreads = "auto"
+	TCGThreadsSingle TCGThreads = "single"
+	TCGThreadsMulti  TCGThreads = "multi"
+)
+
+// ParseTCGThreads checks a --tcg-threads value.
+func ParseTCGThreads(s string) (TCGThreads, error) {
+	switch t := TCGThreads(s); t {
+	case TCGThreadsAuto, TCGThreadsSingle, TCGThreadsMulti:
+		return t, nil
+	}
+	return "", fmt.Errorf("unknown TCG threading %q (want auto, single or multi)", s)
+}
+
+// Resolve picks single or multi for a guest kernel release ("6.12.118+deb12-
+// cloud-amd64"), and says why.
+func (t TCGThreads) Resolve(release string) (TCGThreads, string) {
+	if t == TCGThreadsSingle || t == TCGThreadsMulti {
+		return t, "asked for"
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		return TCGThreadsSingle, "auto: release " + release + " unknown, one thread is safe"
+	}
+	if major > 6 || major == 6 && minor >= 12 {
+		return TCGThreadsSingle, "auto: " + release + " rewrites its text while another vCPU translates it (QEMU 7.2 keeps stale code), one thread"
+	}
+	return TCGThreadsMulti, "auto: " + release + " runs on a thread per vCPU"
+}

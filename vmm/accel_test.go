@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -35,5 +36,38 @@ func TestKVMVerdict(t *testing.T) {
 		if err != nil && !errors.Is(err, ErrKVMUnusable) {
 			t.Errorf("%s: %v is not ErrKVMUnusable", c.name, err)
 		}
+	}
+}
+
+func TestTCGThreadsResolve(t *testing.T) {
+	for _, c := range []struct {
+		asked   TCGThreads
+		release string
+		want    TCGThreads
+	}{
+		{TCGThreadsAuto, "6.1.0-57-cloud-amd64", TCGThreadsMulti},
+		{TCGThreadsAuto, "6.12.118+deb12-cloud-amd64", TCGThreadsSingle},
+		{TCGThreadsAuto, "7.0.0-1-amd64", TCGThreadsSingle},
+		{TCGThreadsAuto, "5.10.0-30-amd64", TCGThreadsMulti},
+		{TCGThreadsAuto, "not a release", TCGThreadsSingle},
+		{"", "6.1.0-57-cloud-amd64", TCGThreadsMulti},
+		{TCGThreadsSingle, "6.1.0-57-cloud-amd64", TCGThreadsSingle},
+		{TCGThreadsMulti, "6.12.118+deb12-cloud-amd64", TCGThreadsMulti},
+	} {
+		got, why := c.asked.Resolve(c.release)
+		if got != c.want || why == "" {
+			t.Errorf("%q.Resolve(%q) = %q (%q), want %q", c.asked, c.release, got, why, c.want)
+		}
+	}
+	if _, err := ParseTCGThreads("many"); err == nil {
+		t.Error("ParseTCGThreads(many) accepted")
+	}
+}
+
+func TestICountRefusesMultiThreadedTCG(t *testing.T) {
+	c := Config{Kernel: "bzImage", CPUs: 1, ICount: true, TCGThreads: TCGThreadsMulti}
+	c.setDefaults()
+	if err := c.validate(); err == nil || !strings.Contains(err.Error(), "one thread") {
+		t.Fatalf("validate = %v, want the one-thread refusal", err)
 	}
 }

@@ -30,6 +30,9 @@ type Config struct {
 	// it, is then independent of how fast the host runs. TCG only; the
 	// guest runs on one host thread and several times slower.
 	ICount bool
+	// TCGThreads is how TCG maps vCPUs onto host threads (TCGThreadsAuto
+	// when empty). See TCGThreads.
+	TCGThreads TCGThreads
 	// RunDir holds the VM's sockets and logs; empty means a new directory
 	// under os.TempDir(), removed by Close.
 	RunDir string
@@ -106,6 +109,9 @@ func (c *Config) setDefaults() {
 	if c.Accel == "" {
 		c.Accel = AccelTCG
 	}
+	if c.TCGThreads == "" {
+		c.TCGThreads = TCGThreadsAuto
+	}
 	if c.QEMU == "" {
 		c.QEMU = "qemu-system-x86_64"
 	}
@@ -129,6 +135,9 @@ func (c *Config) validate() error {
 	}
 	if c.ICount && c.Accel == AccelKVM {
 		return errICountKVM
+	}
+	if c.ICount && c.TCGThreads == TCGThreadsMulti {
+		return fmt.Errorf("--icount needs --tcg-threads single or auto: QEMU counts instructions only on one thread")
 	}
 	if c.ICount && c.CPUs > 1 {
 		// Measured: the boot stops at "smp: Bringing up secondary CPUs"

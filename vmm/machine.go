@@ -44,14 +44,16 @@ var (
 
 // Machine is a running QEMU guest under lucos control.
 type Machine struct {
-	cfg      Config
-	accel    Accel
-	accelWhy string
-	runDir   string
-	ownsDir  bool
-	release  string // kernel release from the bzImage header
-	started  time.Time
-	ready    time.Duration // launch to guest ready
+	cfg   Config
+	accel Accel
+	// tcgThreads is TCG's threading (single or multi), chosen at Start.
+	tcgThreads TCGThreads
+	accelWhy   string
+	runDir     string
+	ownsDir    bool
+	release    string // kernel release from the bzImage header
+	started    time.Time
+	ready      time.Duration // launch to guest ready
 
 	proc    *exec.Cmd
 	exited  chan struct{} // closed when QEMU has exited
@@ -101,7 +103,17 @@ func Start(ctx context.Context, cfg Config) (m *Machine, err error) {
 	if cfg.ICount && m.accel != AccelTCG {
 		return nil, errICountKVM
 	}
-	cfg.Log.Info("accelerator", "accel", m.accel, "why", m.accelWhy)
+	var threadsWhy string
+	m.tcgThreads, threadsWhy = cfg.TCGThreads.Resolve(m.release)
+	if cfg.ICount {
+		// QEMU counts instructions only on one thread.
+		m.tcgThreads, threadsWhy = TCGThreadsSingle, "--icount runs on one thread"
+	}
+	if m.accel == AccelTCG {
+		cfg.Log.Info("accelerator", "accel", m.accel, "why", m.accelWhy, "threads", m.tcgThreads, "threads_why", threadsWhy)
+	} else {
+		cfg.Log.Info("accelerator", "accel", m.accel, "why", m.accelWhy)
+	}
 	defer func() {
 		if err != nil {
 			m.Close()
@@ -335,6 +347,9 @@ func (m *Machine) waitReady(ctx context.Context) error {
 
 // KernelPath is the bzImage the guest booted.
 func (m *Machine) KernelPath() string { return m.cfg.Kernel }
+
+// TCGThreads is TCG's threading, single or multi (meaningless under KVM).
+func (m *Machine) TCGThreads() TCGThreads { return m.tcgThreads }
 
 // Release is the guest kernel's release.
 func (m *Machine) Release() string { return m.release }

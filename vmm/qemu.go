@@ -24,20 +24,11 @@ func KernelCmdline(extra string) string {
 	return strings.Join(args, " ")
 }
 
-// accelArg is QEMU's -accel. TCG runs every vCPU on one host thread
-// (thread=single): QEMU 7.2's multi-threaded TCG can keep a translation of
-// code that another vCPU rewrites while it is being translated, and a
-// guest kernel patching its own text (jump labels, static calls,
-// livepatch) then runs the old bytes after it has finished: the 6.12 guest
-// took the int3 of a finished text_poke_bp ("Oops: int3" at
-// sched_clock_idle_wakeup_event+0x5 and sched_clock_cpu+0x9, when late
-// init marks sched_clock stable) in about 1 boot in 60 on a loaded host.
-// One thread cannot translate while another writes. On this 2-core host
-// the test suite runs as fast (go test ./patch: 420 s vs 379 s, beside
-// other load).
+// accelArg is QEMU's -accel, with TCG's threading (m.tcgThreads) chosen
+// at Start.
 func (m *Machine) accelArg() string {
 	if m.accel == AccelTCG {
-		return "tcg,thread=single"
+		return "tcg,thread=" + string(m.tcgThreads)
 	}
 	return string(m.accel)
 }

@@ -30,6 +30,7 @@ type guestFlags struct {
 	flavour string
 	release string
 	icount  bool
+	threads string
 }
 
 func (f *guestFlags) add(cmd *cobra.Command) {
@@ -41,11 +42,16 @@ func (f *guestFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.initrd, "initrd", "", "boot this initramfs instead of lucos's (no lucos exec then)")
 	fl.StringVar(&f.flavour, "flavour", "cloud", "Debian kernel flavour: cloud or generic")
 	fl.StringVar(&f.release, "release", "", "the kernel release (6.1.0-57-cloud-amd64, 6.12.118+deb12-cloud-amd64) or a series (6.12: its current release); default: the current 6.1")
+	fl.StringVar(&f.threads, "tcg-threads", "auto", "TCG's vCPU threads: single (all vCPUs in turn on one host thread), multi (one each), or auto (single for kernels from 6.12 on, whose text patching QEMU 7.2's multi-threaded TCG can run stale; multi below)")
 	fl.BoolVar(&f.icount, "icount", false, "guest clock counts executed instructions (QEMU -icount shift=0,sleep=off; TCG and --cpus 1 only): rates measured in the guest no longer depend on the host's speed, the guest runs several times slower")
 }
 
 func (f *guestFlags) options() (launch.Options, error) {
 	accel, err := vmm.ParseAccel(f.accel)
+	if err != nil {
+		return launch.Options{}, err
+	}
+	threads, err := vmm.ParseTCGThreads(f.threads)
 	if err != nil {
 		return launch.Options{}, err
 	}
@@ -60,7 +66,7 @@ func (f *guestFlags) options() (launch.Options, error) {
 		Image:  guest.Options{Flavour: f.flavour, Release: f.release, Progress: os.Stderr},
 		Kernel: f.kernel,
 		Initrd: f.initrd,
-		VM:     vmm.Config{CPUs: f.cpus, Memory: mem, Accel: accel, ICount: f.icount, Log: logger()},
+		VM:     vmm.Config{CPUs: f.cpus, Memory: mem, Accel: accel, TCGThreads: threads, ICount: f.icount, Log: logger()},
 	}, nil
 }
 
@@ -147,6 +153,9 @@ func run(ctx context.Context, opts launch.Options, apiSock string, argv []string
 	}
 	defer m.Close()
 	accel, why := m.Accel()
+	if accel == vmm.AccelTCG {
+		why += ", " + string(m.TCGThreads()) + "-threaded"
+	}
 	fmt.Fprintf(os.Stderr, "lucos: guest %s up in %.1f s (%d vCPUs, %s, %s)\n", m.Release(), m.BootTime().Seconds(), m.CPUs(), accel, why)
 
 	if apiSock == "" {
