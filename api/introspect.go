@@ -5,14 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 
-	"github.com/lucos/lucos/guest"
 	"github.com/lucos/lucos/introspect"
 	"github.com/lucos/lucos/kimage"
+	"github.com/lucos/lucos/launch"
 	"github.com/lucos/lucos/vmm"
 )
 
@@ -58,12 +57,7 @@ func (v *kernelView) get(ctx context.Context) (*introspect.Kernel, error) {
 	// cancellation behind for every later one.
 	ctx = context.WithoutCancel(ctx)
 	v.once.Do(func() {
-		img, err := kimage.Load(ctx, v.m.KernelPath(), filepath.Join(guest.DefaultCacheDir(), "kimage"))
-		if err != nil {
-			v.err = fmt.Errorf("read kernel image: %w", err)
-			return
-		}
-		v.k, v.err = introspect.Attach(ctx, v.m, img)
+		v.k, v.err = launch.AttachKernel(ctx, v.m, "")
 	})
 	return v.k, v.err
 }

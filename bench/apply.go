@@ -11,10 +11,7 @@ import (
 	"time"
 
 	"github.com/lucos/lucos/examples"
-	"github.com/lucos/lucos/guest"
 	"github.com/lucos/lucos/initramfs"
-	"github.com/lucos/lucos/introspect"
-	"github.com/lucos/lucos/kimage"
 	"github.com/lucos/lucos/launch"
 	"github.com/lucos/lucos/patch"
 	"github.com/lucos/lucos/patch/build"
@@ -65,19 +62,7 @@ func Apply(ctx context.Context, opts launch.Options, progress io.Writer) (*Resul
 		return nil, err
 	}
 	defer m.Close()
-	img, err := guest.Fetch(ctx, opts.Image)
-	if err != nil {
-		return nil, err
-	}
-	ki, err := kimage.Load(ctx, m.KernelPath(), img.Dir)
-	if err != nil {
-		return nil, err
-	}
-	k, err := introspect.Attach(ctx, m, ki)
-	if err != nil {
-		return nil, err
-	}
-	e, err := patch.New(m, k, nil)
+	_, e, err := launch.Attach(ctx, m, opts.Image.CacheDir)
 	if err != nil {
 		return nil, err
 	}

@@ -9,8 +9,6 @@ import (
 
 	"github.com/lucos/lucos/guest"
 	"github.com/lucos/lucos/guestmod"
-	"github.com/lucos/lucos/introspect"
-	"github.com/lucos/lucos/kimage"
 	"github.com/lucos/lucos/launch"
 	"github.com/lucos/lucos/patch"
 	"github.com/lucos/lucos/vmm"
@@ -60,7 +58,7 @@ func Data(ctx context.Context, opts launch.Options, progress io.Writer) (*Result
 	opts.Extend = guestmod.Extend(bugs, opts.Extend)
 
 	fmt.Fprintln(progress, "data: booting the guest")
-	m, e, err := startEngine(ctx, opts, img)
+	m, e, err := startEngine(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -172,21 +170,15 @@ func dataRelease(ctx context.Context, m *vmm.Machine, e *patch.Engine, p *patch.
 }
 
 // startEngine boots a guest from opts and attaches a patch engine to it.
-func startEngine(ctx context.Context, opts launch.Options, img *guest.Image) (*vmm.Machine, *patch.Engine, error) {
+func startEngine(ctx context.Context, opts launch.Options) (*vmm.Machine, *patch.Engine, error) {
 	m, err := launch.Start(ctx, opts)
 	if err != nil {
 		return nil, nil, err
 	}
-	ki, err := kimage.Load(ctx, m.KernelPath(), img.Dir)
-	if err == nil {
-		var k *introspect.Kernel
-		if k, err = introspect.Attach(ctx, m, ki); err == nil {
-			var e *patch.Engine
-			if e, err = patch.New(m, k, nil); err == nil {
-				return m, e, nil
-			}
-		}
+	_, e, err := launch.Attach(ctx, m, opts.Image.CacheDir)
+	if err != nil {
+		m.Close()
+		return nil, nil, err
 	}
-	m.Close()
-	return nil, nil, err
+	return m, e, nil
 }

@@ -49,7 +49,7 @@ func Introspect(ctx context.Context, opts launch.Options, progress io.Writer) (*
 		return nil, err
 	}
 	defer m.Close()
-	ki, err := kimage.Load(ctx, img.Kernel, img.Dir)
+	ki, err := kimage.Load(ctx, img.Kernel, img.KImageCache())
 	if err != nil {
 		return nil, err
 	}

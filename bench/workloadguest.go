@@ -13,7 +13,6 @@ import (
 	"github.com/lucos/lucos/guestmod"
 	"github.com/lucos/lucos/initramfs"
 	"github.com/lucos/lucos/introspect"
-	"github.com/lucos/lucos/kimage"
 	"github.com/lucos/lucos/launch"
 	"github.com/lucos/lucos/patch"
 	"github.com/lucos/lucos/vmm"
@@ -89,14 +88,7 @@ func bootWorkloadGuest(ctx context.Context, opts launch.Options, progress io.Wri
 	if g.m, err = launch.Start(ctx, opts); err != nil {
 		return nil, err
 	}
-	ki, err := kimage.Load(ctx, g.m.KernelPath(), img.Dir)
-	if err != nil {
-		return nil, err
-	}
-	if g.k, err = introspect.Attach(ctx, g.m, ki); err != nil {
-		return nil, err
-	}
-	if g.e, err = patch.New(g.m, g.k, nil); err != nil {
+	if g.k, g.e, err = launch.Attach(ctx, g.m, opts.Image.CacheDir); err != nil {
 		return nil, err
 	}
 	return g, nil

@@ -67,6 +67,20 @@ func DefaultCacheDir() string {
 	return filepath.Join(os.TempDir(), "lucos-cache")
 }
 
+// KImageCache is the directory of the one cache of decoded kernel images
+// (kimage.Load) under the guest cache cacheDir ("" = DefaultCacheDir()).
+// Its entries are keyed by the kernel file's sha256, so every release, and
+// any --kernel, shares it.
+func KImageCache(cacheDir string) string {
+	if cacheDir == "" {
+		cacheDir = DefaultCacheDir()
+	}
+	return filepath.Join(cacheDir, "kimage")
+}
+
+// KImageCache is KImageCache of the guest cache that holds im.
+func (im *Image) KImageCache() string { return KImageCache(filepath.Dir(im.Dir)) }
+
 // Open returns the cached image of release, without touching apt. It fails
 // with ErrNotCached when the release is absent or its fetch did not finish.
 func Open(cacheDir, release string) (*Image, error) {

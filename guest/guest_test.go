@@ -445,3 +445,18 @@ func TestProgressLines(t *testing.T) {
 	}
 	(&progress{}).Printf("a nil writer drops %s", "this")
 }
+
+// Every release of one guest cache shares one kimage cache, and so does a
+// caller that knows only the cache's root.
+func TestKImageCacheIsOnePerGuestCache(t *testing.T) {
+	root := t.TempDir()
+	a, b := imageAt(filepath.Join(root, "6.1.0-57-cloud-amd64"), "6.1.0-57-cloud-amd64"), imageAt(filepath.Join(root, "6.12.118+deb12-cloud-amd64"), "6.12.118+deb12-cloud-amd64")
+	want := filepath.Join(root, "kimage")
+	if a.KImageCache() != want || b.KImageCache() != want || KImageCache(root) != want {
+		t.Fatalf("kimage caches %s, %s, %s: want %s for all", a.KImageCache(), b.KImageCache(), KImageCache(root), want)
+	}
+	t.Setenv("LUCOS_CACHE", root)
+	if KImageCache("") != want {
+		t.Fatalf("KImageCache(\"\") = %s with LUCOS_CACHE=%s, want %s", KImageCache(""), root, want)
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -13,8 +12,6 @@ import (
 	"github.com/lucos/lucos/bench"
 	"github.com/lucos/lucos/guest"
 	"github.com/lucos/lucos/guestmod"
-	"github.com/lucos/lucos/introspect"
-	"github.com/lucos/lucos/kimage"
 	"github.com/lucos/lucos/launch"
 	"github.com/lucos/lucos/patch"
 	"github.com/lucos/lucos/vmm"
@@ -98,19 +95,11 @@ func demo(ctx context.Context, opts launch.Options) error {
 	defer m.Close()
 	accel, why := m.Accel()
 	fmt.Printf("    kernel %s, %d vCPUs, %s (%s), ready in %.1f s\n", m.Release(), m.CPUs(), accel, why, m.BootTime().Seconds())
-	ki, err := kimage.Load(ctx, m.KernelPath(), filepath.Join(guest.DefaultCacheDir(), "kimage"))
+	k, e, err := launch.Attach(ctx, m, "")
 	if err != nil {
 		return err
 	}
-	k, err := introspect.Attach(ctx, m, ki)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("    %d kernel symbols from the image's kallsyms; KASLR slide %#x found from the IDT\n", ki.Symbols.Len(), k.Slide)
-	e, err := patch.New(m, k, nil)
-	if err != nil {
-		return err
-	}
+	fmt.Printf("    %d kernel symbols from the image's kallsyms; KASLR slide %#x found from the IDT\n", k.Image.Symbols.Len(), k.Slide)
 	defer e.Close()
 
 	step("The bug: lucos_bugs_deadlock_op returns early with lucos_bugs_lock held")

@@ -187,7 +187,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	}
 
 	// 3. Compare, locate in the guest, and assemble the code.
-	k, err := kimage.Load(ctx, img.Kernel, img.Dir)
+	k, err := kimage.Load(ctx, img.Kernel, img.KImageCache())
 	if err != nil {
 		return nil, err
 	}
