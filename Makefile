@@ -9,9 +9,11 @@ LUCOS := bin/lucos
 # patch modules (the Debian kernel is built with gcc-12; kbuild's objtool
 # needs libelf1); and what preparing the kernel's own
 # source needs for patches built from diffs (lucos guest source: flex, bison,
-# bc, libssl-dev, libelf-dev, pahole from dwarves, patch, xz).
+# bc, libssl-dev, libelf-dev, pahole from dwarves, patch, xz); mmdebstrap and qemu-img
+# (qemu-utils) for the Debian system disk of lucos guest image.
 APT_PACKAGES := qemu-system-x86 busybox-static cpio e2fsprogs gcc gcc-12 make libc6-dev libelf1 \
-	flex bison bc libssl-dev libelf-dev dwarves patch xz-utils
+	flex bison bc libssl-dev libelf-dev dwarves patch xz-utils \
+	mmdebstrap qemu-utils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GOTESTFLAGS ?= -count=1 -timeout 80m
 

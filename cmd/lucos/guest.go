@@ -3,11 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/lucos/lucos/guest"
+	"github.com/lucos/lucos/vmm"
 )
 
 func newGuestCmd() *cobra.Command {
@@ -45,7 +48,7 @@ A warm cache needs no network. "lucos run" does this on first use.`,
 	fetch.Flags().StringVar(&flavour, "flavour", "cloud", "kernel flavour: cloud or generic")
 	fetch.Flags().StringVar(&release, "release", "", "a kernel release (6.1.0-57-cloud-amd64, 6.12.118+deb12-cloud-amd64) or a series (6.12: its current release); default: the current 6.1")
 	fetch.Flags().BoolVar(&asJSON, "json", false, "print the image's paths as JSON")
-	cmd.AddCommand(fetch, newGuestSourceCmd(), newGuestListCmd())
+	cmd.AddCommand(fetch, newGuestSourceCmd(), newGuestListCmd(), newGuestImageCmd())
 	return cmd
 }
 
@@ -128,4 +131,80 @@ offline. Without --release: the default guest's release.`,
 	cmd.Flags().StringVar(&release, "release", "", "kernel release or series, e.g. 6.1.0-54-cloud-amd64 or 6.12 (default: the default guest's)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the tree as JSON")
 	return cmd
+}
+
+func newGuestImageCmd() *cobra.Command {
+	var flavour, release, out, size string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "image [--release REL] [--flavour cloud|generic] [-o disk.qcow2] [--size 3G] [--json]",
+		Short: "Build a Debian 12 system disk (systemd, the stock kernel, GRUB) with no lucos parts in it",
+		Long: `Build a whole Debian 12 system on a qcow2 disk, from Debian packages only:
+mmdebstrap installs systemd, the stock linux-image-<release> package (as apt
+installs it, initramfs included), qemu-guest-agent and GRUB; root is logged in
+automatically on the serial console (ttyS0) and has no password, so it is for
+tests, not for a network. Nothing of lucos is inside and the kernel command
+line has no lucos parameter: it is the kind of VM "lucos attach" patches, and a
+plain QEMU command line or libvirt boots it (docs/ATTACH.md).
+
+The disk is cached in ~/.cache/lucos/disks (LUCOS_CACHE overrides ~/.cache/lucos)
+and reused; -o copies it out. Building takes a few minutes and needs root,
+mmdebstrap, mkfs.ext4 and qemu-img (make deps installs them).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := vmm.ParseSize(size)
+			if err != nil {
+				return err
+			}
+			d, err := guest.BuildSystemDisk(cmd.Context(), guest.SystemDiskOptions{
+				Options: guest.Options{Flavour: flavour, Release: release, Progress: os.Stderr}, Size: n})
+			if err != nil {
+				return err
+			}
+			if out != "" {
+				if err := copyFile(d.Path, out); err != nil {
+					return err
+				}
+				d.Path = out
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(d)
+			}
+			fmt.Printf("release    %s\ndisk       %s (qcow2, %d MiB)\nroot       LABEL=%s\n", d.Release, d.Path, d.Size>>20, d.Label)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&flavour, "flavour", "cloud", "kernel flavour: cloud or generic")
+	cmd.Flags().StringVar(&release, "release", "", "kernel release or series, e.g. 6.12 (default: the current 6.1)")
+	cmd.Flags().StringVarP(&out, "output", "o", "", "copy the disk to this path (default: use it in the cache)")
+	cmd.Flags().StringVar(&size, "size", "3G", "virtual size of the disk")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the disk as JSON")
+	return cmd
+}
+
+// copyFile copies src to dst (a new file, written by rename).
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(dst), ".lucos-copy-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, in); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), dst)
 }
