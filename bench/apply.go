@@ -62,7 +62,7 @@ func Apply(ctx context.Context, opts launch.Options, progress io.Writer) (*Resul
 		return nil, err
 	}
 	defer m.Close()
-	_, e, err := launch.Attach(ctx, m, opts.Image.CacheDir)
+	_, e, err := patch.Attach(ctx, m, opts.Image.CacheDir)
 	if err != nil {
 		return nil, err
 	}

@@ -175,7 +175,7 @@ func startEngine(ctx context.Context, opts launch.Options) (*vmm.Machine, *patch
 	if err != nil {
 		return nil, nil, err
 	}
-	_, e, err := launch.Attach(ctx, m, opts.Image.CacheDir)
+	_, e, err := patch.Attach(ctx, m, opts.Image.CacheDir)
 	if err != nil {
 		m.Close()
 		return nil, nil, err

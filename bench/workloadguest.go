@@ -88,7 +88,7 @@ func bootWorkloadGuest(ctx context.Context, opts launch.Options, progress io.Wri
 	if g.m, err = launch.Start(ctx, opts); err != nil {
 		return nil, err
 	}
-	if g.k, g.e, err = launch.Attach(ctx, g.m, opts.Image.CacheDir); err != nil {
+	if g.k, g.e, err = patch.Attach(ctx, g.m, opts.Image.CacheDir); err != nil {
 		return nil, err
 	}
 	return g, nil

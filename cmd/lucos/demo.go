@@ -95,7 +95,7 @@ func demo(ctx context.Context, opts launch.Options) error {
 	defer m.Close()
 	accel, why := m.Accel()
 	fmt.Printf("    kernel %s, %d vCPUs, %s (%s), ready in %.1f s\n", m.Release(), m.CPUs(), accel, why, m.BootTime().Seconds())
-	k, e, err := launch.Attach(ctx, m, "")
+	k, e, err := patch.Attach(ctx, m, "")
 	if err != nil {
 		return err
 	}
