@@ -20,18 +20,22 @@ import (
 
 // VMInfo is the reply to GET /vm.
 type VMInfo struct {
-	State       vmm.State      `json:"state"`
-	CPUs        int            `json:"vcpus"`
-	MemoryMiB   uint64         `json:"memory_mib"`
-	Accel       vmm.Accel      `json:"accel"`
-	AccelReason string         `json:"accel_reason"`
-	Release     string         `json:"kernel_release"`
-	RunDir      string         `json:"run_dir"`
-	ConsoleLog  string         `json:"console_log"`
-	QEMUPID     int            `json:"qemu_pid"`
-	ServerPID   int            `json:"server_pid"`
-	BootMillis  float64        `json:"boot_ms"`
-	Pauses      vmm.PauseStats `json:"pauses"`
+	State       vmm.State `json:"state"`
+	CPUs        int       `json:"vcpus"`
+	MemoryMiB   uint64    `json:"memory_mib"`
+	Accel       vmm.Accel `json:"accel"`
+	AccelReason string    `json:"accel_reason"`
+	Release     string    `json:"kernel_release"`
+	RunDir      string    `json:"run_dir"`
+	ConsoleLog  string    `json:"console_log"`
+	QEMUPID     int       `json:"qemu_pid"`
+	ServerPID   int       `json:"server_pid"`
+	BootMillis  float64   `json:"boot_ms"` // launch to ready; for an attached VM, the attach
+	// Attached: lucos attached to a QEMU it did not start (lucos attach);
+	// detaching leaves it running.
+	Attached bool           `json:"attached"`
+	RAM      string         `json:"ram_access"` // how lucos reads guest RAM
+	Pauses   vmm.PauseStats `json:"pauses"`
 }
 
 // ExecRequest is the body of POST /exec; give Argv or Script.

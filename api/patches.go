@@ -34,6 +34,7 @@ type RollbackRequest struct {
 type engineView struct {
 	kernel *kernelView
 	once   sync.Once
+	mu     sync.Mutex // guards e for Settle, which must not create it
 	e      *patch.Engine
 	err    error
 }
@@ -45,9 +46,22 @@ func (v *engineView) get(ctx context.Context) (*patch.Engine, error) {
 			v.err = err
 			return
 		}
-		v.e, v.err = patch.New(v.kernel.m, k, nil)
+		e, err := patch.New(v.kernel.m, k, nil)
+		v.mu.Lock()
+		v.e, v.err = e, err
+		v.mu.Unlock()
 	})
 	return v.e, v.err
+}
+
+// engineStatus is the HTTP status of a failure to make the engine: a
+// guest without a patch region is a conflict of the request with the VM,
+// not a fault of the server.
+func engineStatus(err error) int {
+	if errors.Is(err, patch.ErrNoPatchRegion) {
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
 }
 
 func (s *Server) postPatch(w http.ResponseWriter, r *http.Request) {
@@ -57,7 +71,7 @@ func (s *Server) postPatch(w http.ResponseWriter, r *http.Request) {
 	}
 	e, err := s.engine.get(r.Context())
 	if err != nil {
-		fail(w, http.StatusInternalServerError, err)
+		fail(w, engineStatus(err), err)
 		return
 	}
 	p, err := e.Apply(context.WithoutCancel(r.Context()), req.KO, patch.Options{Wait: req.Wait, Timeout: time.Duration(req.Timeout), KickAfter: kickAfter(req.KickAfter), Replace: req.Replace})
@@ -70,6 +84,11 @@ func (s *Server) postPatch(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getPatches(w http.ResponseWriter, r *http.Request) {
 	e, err := s.engine.get(r.Context())
+	if errors.Is(err, patch.ErrNoPatchRegion) {
+		// Nothing can have been applied.
+		writeJSON(w, http.StatusOK, []patch.Info{})
+		return
+	}
 	if err != nil {
 		fail(w, http.StatusInternalServerError, err)
 		return

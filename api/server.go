@@ -108,6 +108,8 @@ func Info(m *vmm.Machine) VMInfo {
 		ServerPID:   os.Getpid(),
 		BootMillis:  float64(m.BootTime().Microseconds()) / 1000,
 		Pauses:      m.Pauses(),
+		Attached:    m.Attached(),
+		RAM:         m.RAMSource(),
 	}
 }
 

@@ -80,16 +80,8 @@ func plainBoot(ctx context.Context, cfg vmm.Config) (time.Duration, error) {
 		return 0, err
 	}
 	threads, _ := cfg.TCGThreads.Resolve(hdr.Release()) // as lucos runs it
-	args := []string{
-		"-machine", "q35", "-accel", "tcg,thread=" + string(threads), "-m", fmt.Sprintf("%dM", mem>>20), "-smp", fmt.Sprint(cpus),
-		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-kernel", cfg.Kernel, "-initrd", cfg.Initrd, "-append", vmm.KernelCmdline(""),
-		"-serial", "file:" + filepath.Join(dir, "console.log"),
-		"-serial", "unix:" + ctl,
-	}
-	for i, d := range cfg.Disks {
-		args = append(args, d.QEMUArgs(i)...)
-	}
+	cfg.Memory, cfg.CPUs, cfg.TCGThreads = mem, cpus, threads
+	args := vmm.PlainArgs(cfg, vmm.KernelCmdline(""), filepath.Join(dir, "console.log"), ctl)
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	start := time.Now()
 	if err := cmd.Start(); err != nil {

@@ -96,6 +96,9 @@ func New(m *vmm.Machine, k *introspect.Kernel, log *slog.Logger) (*Engine, error
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if err := checkPatchRegion(m, k); err != nil {
+		return nil, err
+	}
 	win, err := findWindow(k)
 	if err != nil {
 		return nil, fmt.Errorf("patch engine: %w", err)

@@ -40,6 +40,8 @@ var (
 	ErrNotPaused = errors.New("VM is not paused")
 	ErrExited    = errors.New("VM has exited")
 	ErrNoControl = errors.New("guest has no lucos control channel (custom --initrd?)")
+	// ErrQMPBusy: another client holds the QMP socket.
+	ErrQMPBusy = errors.New("QMP socket busy")
 )
 
 // Machine is a running QEMU guest under lucos control.
@@ -64,6 +66,8 @@ type Machine struct {
 	ram     *guestRAM
 	ctl     *controlChannel
 	console *consoleTap
+	// attached is set when lucos attached to a QEMU it did not start.
+	attached *attachment
 
 	// mu serialises use of the gdbstub and guards the fields below.
 	mu     sync.Mutex
@@ -198,11 +202,16 @@ func (m *Machine) connectQMP(ctx context.Context) error {
 	if err := m.waitSocket(ctx, m.sock("qmp.sock")); err != nil {
 		return fmt.Errorf("QMP: %w", err)
 	}
+	return m.dialQMP(ctx, m.sock("qmp.sock"))
+}
+
+// dialQMP connects to the QMP socket at path and negotiates capabilities.
+func (m *Machine) dialQMP(ctx context.Context, path string) error {
 	// QEMU binds the socket before it listens: retry a refused connection.
 	var mon *qmp.SocketMonitor
 	var err error
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		mon, err = qmp.NewSocketMonitor("unix", m.sock("qmp.sock"), 5*time.Second)
+		mon, err = qmp.NewSocketMonitor("unix", path, 5*time.Second)
 		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
 			break
 		}
@@ -217,12 +226,26 @@ func (m *Machine) connectQMP(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("QMP: %w", err)
 	}
-	if err := mon.Connect(); err != nil {
+	// QEMU greets one client per QMP socket; a second one waits unheard
+	// until the first leaves.
+	done := make(chan error, 1)
+	go func() { done <- mon.Connect() }()
+	select {
+	case err = <-done:
+	case <-time.After(qmpGreetingTimeout):
+		mon.Disconnect()
+		<-done
+		return fmt.Errorf("QMP socket %s: %w: QEMU did not greet in %v; it serves one client per QMP socket, and another (libvirt, another lucos) holds it", path, ErrQMPBusy, qmpGreetingTimeout)
+	}
+	if err != nil {
 		return fmt.Errorf("QMP handshake: %w", err)
 	}
 	m.qmp = mon
 	return nil
 }
+
+// qmpGreetingTimeout bounds the wait for QEMU's QMP greeting.
+const qmpGreetingTimeout = 10 * time.Second
 
 func (m *Machine) connectSerial(ctx context.Context) error {
 	c, err := m.dial(ctx, "console.sock")
@@ -370,13 +393,21 @@ func (m *Machine) Memory() uint64 { return m.cfg.Memory }
 func (m *Machine) RunDir() string { return m.runDir }
 
 // ConsoleLog is the path of the serial console log.
-func (m *Machine) ConsoleLog() string { return m.sock("console.log") }
+func (m *Machine) ConsoleLog() string {
+	if m.attached != nil {
+		return "" // the console is the VM owner's
+	}
+	return m.sock("console.log")
+}
 
 // BootTime is the time from launching QEMU to the guest being ready.
 func (m *Machine) BootTime() time.Duration { return m.ready }
 
 // PID is QEMU's process id.
 func (m *Machine) PID() int {
+	if m.attached != nil {
+		return m.attached.pid
+	}
 	if m.proc == nil || m.proc.Process == nil {
 		return 0
 	}

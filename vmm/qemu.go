@@ -24,6 +24,27 @@ func KernelCmdline(extra string) string {
 	return strings.Join(args, " ")
 }
 
+// PlainArgs is a QEMU command line for cfg as a user would write it, with
+// none of lucos's sockets, shared RAM or gdbstub: q35 under TCG with
+// cfg.TCGThreads (resolved), cfg's kernel and initramfs booted with
+// cmdline, its disks, the console to the file consoleLog and the second
+// serial port (the default initramfs's control channel) to the unix socket
+// ctl, which the caller listens on. The boot benchmark and the attach tests
+// run it.
+func PlainArgs(cfg Config, cmdline, consoleLog, ctl string) []string {
+	args := []string{
+		"-machine", "q35", "-accel", "tcg,thread=" + string(cfg.TCGThreads), "-m", fmt.Sprintf("%dM", cfg.Memory>>20), "-smp", fmt.Sprint(cfg.CPUs),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", cfg.Kernel, "-initrd", cfg.Initrd, "-append", cmdline,
+		"-serial", "file:" + consoleLog,
+		"-serial", "unix:" + ctl,
+	}
+	for i, d := range cfg.Disks {
+		args = append(args, d.QEMUArgs(i)...)
+	}
+	return args
+}
+
 // accelArg is QEMU's -accel, with TCG's threading (m.tcgThreads) chosen
 // at Start.
 func (m *Machine) accelArg() string {
@@ -169,12 +190,17 @@ func (m *Machine) HumanMonitor(cmd string) (string, error) {
 }
 
 // Close shuts the VM down: QMP quit, then SIGKILL if QEMU has not exited
-// within 5 s, then the run directory is removed (if lucos made it). It is
-// safe to call more than once and on a half-started Machine.
+// within 5 s, then the run directory is removed (if lucos made it). An
+// attached VM (Attach) is not shut down but detached from: lucos's
+// gdbstub goes and the guest runs on. It is safe to call more than once
+// and on a half-started Machine.
 func (m *Machine) Close() error {
 	m.closeOnce.Do(func() {
 		if m.trapStop != nil {
 			m.trapStop()
+		}
+		if m.attached != nil {
+			m.detach()
 		}
 		if m.proc != nil && m.proc.Process != nil {
 			select {
@@ -206,7 +232,9 @@ func (m *Machine) Close() error {
 			m.console.close()
 		}
 		m.ram.unmap()
-		os.Remove(m.ramPath())
+		if m.attached == nil {
+			os.Remove(m.ramPath())
+		}
 		if m.ownsDir {
 			os.RemoveAll(m.runDir)
 		}

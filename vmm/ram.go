@@ -43,3 +43,19 @@ func (l ramLayout) offset(gpa, n uint64) (uint64, error) {
 	}
 	return 0, fmt.Errorf("guest-physical %#x+%#x: %w (RAM is 0..%#x and 4 GiB..+%#x)", gpa, n, ErrNotRAM, l.lowMem, l.size-l.lowMem)
 }
+
+// PhysRange is a range of guest-physical RAM, [Start, Start+Size).
+type PhysRange struct{ Start, Size uint64 }
+
+// RAM lists the guest-physical ranges backed by RAM.
+func (m *Machine) RAM() []PhysRange {
+	lay := q35RAMLayout(m.cfg.Memory)
+	if m.ram != nil {
+		lay = m.ram.layout
+	}
+	r := []PhysRange{{0, lay.lowMem}}
+	if lay.size > lay.lowMem {
+		r = append(r, PhysRange{fourGiB, lay.size - lay.lowMem})
+	}
+	return r
+}

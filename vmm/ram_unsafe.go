@@ -8,11 +8,15 @@ import (
 )
 
 // guestRAM is the guest's RAM, mapped read-only from QEMU's shared
-// memory-backend-file. Reads through it cost no round trip to QEMU. It is
-// never written: TCG only notices code writes that pass through QEMU.
+// memory-backend-file, or, for a QEMU lucos attached to, read from the
+// QEMU process (/proc/PID/mem from procBase on). Reads through it cost no
+// round trip to QEMU. It is never written: TCG only notices code writes
+// that pass through QEMU.
 type guestRAM struct {
-	mem    []byte
-	layout ramLayout
+	mem      []byte
+	proc     *os.File
+	procBase uint64
+	layout   ramLayout
 }
 
 // mapGuestRAM maps the backend file at path, then unlinks it: QEMU holds it
@@ -45,6 +49,12 @@ func (r *guestRAM) read(gpa uint64, buf []byte) error {
 	if err != nil {
 		return err
 	}
+	if r.proc != nil {
+		if _, err := r.proc.ReadAt(buf, int64(r.procBase+off)); err != nil {
+			return fmt.Errorf("read guest-physical %#x from QEMU's memory: %w", gpa, err)
+		}
+		return nil
+	}
 	copy(buf, r.mem[off:])
 	return nil
 }
@@ -53,5 +63,9 @@ func (r *guestRAM) unmap() {
 	if r != nil && r.mem != nil {
 		unix.Munmap(r.mem)
 		r.mem = nil
+	}
+	if r != nil && r.proc != nil {
+		r.proc.Close()
+		r.proc = nil
 	}
 }

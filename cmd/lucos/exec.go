@@ -74,8 +74,12 @@ func newStatusCmd() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(info)
 			}
-			fmt.Printf("state      %s\nkernel     %s\nvCPUs      %d\nmemory     %d MiB\naccel      %s (%s)\nrun dir    %s\nqemu pid   %d\nboot       %.0f ms\npauses     %d (p50 %v, p99 %v, max %v)\n",
-				info.State, info.Release, info.CPUs, info.MemoryMiB, info.Accel, info.AccelReason, info.RunDir, info.QEMUPID, info.BootMillis,
+			ready := "boot      "
+			if info.Attached {
+				ready = "attach    "
+			}
+			fmt.Printf("state      %s\nkernel     %s\nvCPUs      %d\nmemory     %d MiB\naccel      %s (%s)\nrun dir    %s\nqemu pid   %d\nram        %s\n%s %.0f ms\npauses     %d (p50 %v, p99 %v, max %v)\n",
+				info.State, info.Release, info.CPUs, info.MemoryMiB, info.Accel, info.AccelReason, info.RunDir, info.QEMUPID, info.RAM, ready, info.BootMillis,
 				info.Pauses.Count, info.Pauses.P50, info.Pauses.P99, info.Pauses.Max)
 			return nil
 		},

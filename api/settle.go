@@ -1,0 +1,64 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/lucos/lucos/introspect"
+	"github.com/lucos/lucos/patch"
+)
+
+// UseKernel gives the server the introspection its caller already
+// attached (lucos attach), instead of attaching again on first use.
+func (s *Server) UseKernel(k *introspect.Kernel) {
+	s.kernel.once.Do(func() { s.kernel.k = k })
+}
+
+// Settle is what lucos does before it leaves a VM that runs on without it
+// (lucos attach, detaching): no guest is left half-switched. An update
+// still transitioning gets grace to commit and is rolled back if it does
+// not; a rollback still draining gets grace to free its slot. Committed
+// patches stay in place. say reports each step.
+func (s *Server) Settle(ctx context.Context, grace time.Duration, say func(string)) error {
+	s.engine.mu.Lock()
+	e := s.engine.e
+	s.engine.mu.Unlock()
+	if e == nil {
+		return nil // no patch was ever applied through this server
+	}
+	var failed error
+	for _, info := range e.List() {
+		if info.State != patch.StateTransitioning && info.State != patch.StateReverting {
+			continue
+		}
+		p, err := e.Get(info.ID)
+		if err != nil {
+			continue
+		}
+		say(fmt.Sprintf("patch %s (%s) is %s: waiting up to %v for it to settle", info.ID, info.Name, info.State, grace))
+		if err := e.Wait(ctx, p, grace); err == nil && p.Info().State != patch.StateTransitioning {
+			say(fmt.Sprintf("patch %s: %s", info.ID, p.Info().State))
+			continue
+		}
+		if p.Info().State != patch.StateTransitioning {
+			say(fmt.Sprintf("patch %s: still %s; its jumps are gone, its code stays mapped", info.ID, p.Info().State))
+			continue
+		}
+		say(fmt.Sprintf("patch %s has not committed: rolling it back", info.ID))
+		if _, err := e.Rollback(ctx, info.ID, patch.Options{Wait: true, Timeout: grace}); err != nil {
+			failed = fmt.Errorf("roll back patch %s before detaching: %w", info.ID, err)
+			say(failed.Error())
+			continue
+		}
+		say(fmt.Sprintf("patch %s: %s", info.ID, p.Info().State))
+	}
+	return failed
+}
+
+// CanPatch makes the patch engine now (it is otherwise made on first use)
+// and says why this VM cannot be patched, if it cannot.
+func (s *Server) CanPatch(ctx context.Context) error {
+	_, err := s.engine.get(ctx)
+	return err
+}

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lucos/lucos/api"
+	"github.com/lucos/lucos/internal/testvm"
+)
+
+// attached is a running `lucos attach`.
+type attached struct {
+	cmd    *exec.Cmd
+	report attachReport
+	stderr *strings.Builder
+	done   chan error
+}
+
+// startAttach runs lucos attach --json on qmp and returns once it
+// serves the API (its JSON report is printed then).
+func startAttach(t *testing.T, qmp, sock string) *attached {
+	t.Helper()
+	a := &attached{cmd: exec.Command(lucosBin, "attach", "--qmp", qmp, "--api-sock", sock, "--json"), stderr: &strings.Builder{}, done: make(chan error, 1)}
+	a.cmd.Stderr = a.stderr
+	out, err := a.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	decoded := make(chan error, 1)
+	go func() { decoded <- json.NewDecoder(bufio.NewReader(out)).Decode(&a.report) }()
+	select {
+	case err = <-decoded:
+	case <-time.After(5 * time.Minute):
+		err = fmt.Errorf("no report in 5 minutes")
+	}
+	go func() { a.done <- a.cmd.Wait() }()
+	t.Cleanup(func() { a.cmd.Process.Kill(); <-a.done })
+	if err != nil {
+		a.cmd.Process.Kill()
+		t.Fatalf("lucos attach: %v; stderr:\n%s", err, a.stderr)
+	}
+	return a
+}
+
+// stop sends sig and waits for lucos attach to exit.
+func (a *attached) stop(t *testing.T, sig syscall.Signal) error {
+	t.Helper()
+	a.cmd.Process.Signal(sig)
+	select {
+	case err := <-a.done:
+		a.done <- err // for the cleanup
+		return err
+	case <-time.After(time.Minute):
+		t.Fatalf("lucos attach did not exit on %v; stderr:\n%s", sig, a.stderr)
+	}
+	return nil
+}
+
+// TestAttachPlainQEMU attaches to a guest that a plain QEMU command line
+// booted (no lucos sockets, gdbstub, shared RAM or memmap=): lucos finds
+// the kernel from its banner, serves status/ps/sym/patch list, refuses to
+// patch a guest with no patch region and refuses a second lucos; the
+// guest runs on after a clean detach and after lucos is killed, and
+// attaching again works both times.
+func TestAttachPlainQEMU(t *testing.T) {
+	vm := testvm.BootPlain(t, testvm.Options(t), "console=ttyS0 panic=-1")
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "api.sock")
+	a := startAttach(t, vm.QMP, sock)
+	r := a.report
+	if r.Release != vm.Release || r.QEMUPID != vm.PID || r.RAM != fmt.Sprintf("/proc/%d/mem", vm.PID) || r.APISock != sock {
+		t.Errorf("report %+v; want release %s, pid %d", r, vm.Release, vm.PID)
+	}
+	if !strings.Contains(r.Patching, "memmap=16M$0x10000000") || !strings.Contains(r.Patching, vm.Cmdline) {
+		t.Errorf("patching: %q; want the missing memmap= and the guest's command line", r.Patching)
+	}
+
+	st := lucos(t, nil, "status", "--api-sock", sock, "--json")
+	var info api.VMInfo
+	if err := json.Unmarshal([]byte(st.stdout), &info); err != nil || !info.Attached || info.State != "running" || info.CPUs != 2 || info.Release != vm.Release {
+		t.Errorf("status: %v %+v", err, info)
+	}
+	ps := lucos(t, nil, "ps", "--api-sock", sock, "--json")
+	var tasks api.TasksReply
+	init := false
+	if err := json.Unmarshal([]byte(ps.stdout), &tasks); err != nil || len(tasks.Tasks) < 20 {
+		t.Errorf("ps --json: %v, %d tasks; stderr %s", err, len(tasks.Tasks), ps.stderr)
+	}
+	for _, task := range tasks.Tasks {
+		init = init || task.PID == 1 && task.Comm == "init"
+	}
+	if !init {
+		t.Errorf("ps --json: no init (pid 1) among %d tasks", len(tasks.Tasks))
+	}
+	if s := lucos(t, nil, "sym", "--api-sock", sock, "cmdline_proc_show"); s.code != 0 || !strings.Contains(s.stdout, " t cmdline_proc_show") {
+		t.Errorf("sym: %d %q %q", s.code, s.stdout, s.stderr)
+	}
+
+	// No patch region: refused before anything is written.
+	ko := filepath.Join(dir, "cmdline-string.ko")
+	if b := lucos(t, nil, "patch", "build", "../../examples/patches/cmdline-string", "-o", ko); b.code != 0 {
+		t.Fatalf("patch build: exit %d\n%s", b.code, b.stderr)
+	}
+	if ap := lucos(t, nil, "patch", "apply", "--api-sock", sock, ko); ap.code == 0 || !strings.Contains(ap.stderr, "no lucos patch region") {
+		t.Errorf("apply on a guest without a patch region: exit %d, %q", ap.code, ap.stderr)
+	}
+	if l := lucos(t, nil, "patch", "list", "--api-sock", sock, "--json"); l.code != 0 || strings.TrimSpace(l.stdout) != "[]" {
+		t.Errorf("patch list: %d %q %q", l.code, l.stdout, l.stderr)
+	}
+
+	// One lucos per VM: QEMU serves one QMP client.
+	if two := lucos(t, nil, "attach", "--qmp", vm.QMP, "--api-sock", filepath.Join(dir, "two.sock")); two.code == 0 || !strings.Contains(two.stderr, "QMP socket busy") {
+		t.Errorf("second attach: exit %d, %q", two.code, two.stderr)
+	}
+
+	if err := a.stop(t, syscall.SIGINT); err != nil || !strings.Contains(a.stderr.String(), "detached; the VM runs on") {
+		t.Fatalf("detach: %v; stderr:\n%s", err, a.stderr)
+	}
+	if !vm.Running() {
+		t.Fatal("QEMU exited after the detach")
+	}
+	// Attach again, then die as a crash would: the VM runs on, and the
+	// next lucos attaches and sees it running.
+	b := startAttach(t, vm.QMP, sock)
+	b.stop(t, syscall.SIGKILL)
+	c := startAttach(t, vm.QMP, sock)
+	st = lucos(t, nil, "status", "--api-sock", sock, "--json")
+	if err := json.Unmarshal([]byte(st.stdout), &info); err != nil || info.State != "running" || info.QEMUPID != vm.PID {
+		t.Errorf("status after a killed lucos: %v %+v %s", err, info, st.stderr)
+	}
+	if p := lucos(t, nil, "ps", "--api-sock", sock); !strings.Contains(p.stdout, "[kthreadd]") {
+		t.Errorf("ps after a killed lucos: %q %q", p.stdout, p.stderr)
+	}
+	if err := c.stop(t, syscall.SIGTERM); err != nil || !vm.Running() {
+		t.Fatalf("detach: %v, QEMU running %v; stderr:\n%s", err, vm.Running(), c.stderr)
+	}
+}
