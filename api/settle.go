@@ -57,8 +57,12 @@ func (s *Server) Settle(ctx context.Context, grace time.Duration, say func(strin
 }
 
 // CanPatch makes the patch engine now (it is otherwise made on first use)
-// and says why this VM cannot be patched, if it cannot.
-func (s *Server) CanPatch(ctx context.Context) error {
-	_, err := s.engine.get(ctx)
-	return err
+// and says why this VM cannot be patched, if it cannot; foreign counts the
+// patch slots an earlier lucos left mapped (patch.Engine.ForeignSlots).
+func (s *Server) CanPatch(ctx context.Context) (foreign int, err error) {
+	e, err := s.engine.get(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return len(e.ForeignSlots()), nil
 }

@@ -50,6 +50,9 @@ type Engine struct {
 	mu      sync.Mutex // serialises transitions; guards the fields below
 	patches []*Patch   // in the order they were applied
 	slots   [layout.Slots]*Patch
+	// foreign: slots an earlier lucos left mapped (index → VA); never
+	// allocated.
+	foreign map[int]uint64
 	nextID  int
 
 	// Only touched with the VM stopped and the Machine's lock held (in
@@ -116,7 +119,11 @@ func New(m *vmm.Machine, k *introspect.Kernel, log *slog.Logger) (*Engine, error
 	if err := k.PrepareUnwind(); err != nil {
 		log.Warn("no exact stacks: termination checks scan every stack word", "err", err)
 	}
-	e := &Engine{entryText: entry, m: m, k: k, win: win, log: log, ctx: ctx, cancel: cancel, trapTimes: vmm.NewPauseLog()}
+	e := &Engine{entryText: entry, m: m, k: k, win: win, log: log, ctx: ctx, cancel: cancel, trapTimes: vmm.NewPauseLog(), foreign: map[int]uint64{}}
+	if err := e.findForeignSlots(); err != nil {
+		cancel()
+		return nil, fmt.Errorf("patch engine: %w", err)
+	}
 	m.SetTrapHandler(e.onTrap)
 	return e, nil
 }

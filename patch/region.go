@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -60,4 +61,43 @@ func kernelCommandLine(k *introspect.Kernel) (string, error) {
 		buf = buf[:i]
 	}
 	return string(buf), nil
+}
+
+// pteFrame is the frame address bits of a page-table entry (12..51).
+const pteFrame = 0x000f_ffff_ffff_f000
+
+// findForeignSlots marks the slots that a PMD entry of the window already
+// maps, though this engine loaded nothing: an earlier lucos (attached to
+// this VM, then detached or killed) left a patch there. Their code stays in
+// place and is never overwritten; this engine does not manage them.
+func (e *Engine) findForeignSlots() error {
+	var table [512 * 8]byte
+	if err := e.m.ReadPhys(e.win.pmdTable, table[:]); err != nil {
+		return fmt.Errorf("read the kernel-image window: %w", err)
+	}
+	for i := e.win.firstIdx; i < 512; i++ {
+		entry := binary.LittleEndian.Uint64(table[8*i:])
+		if entry&introspect.PTEPresent == 0 {
+			continue
+		}
+		pa := entry & pteFrame
+		if pa < layout.PatchRegionBase || pa >= layout.PatchRegionBase+layout.PatchRegionSize {
+			continue
+		}
+		idx := int((pa - layout.PatchRegionBase) / layout.SlotSize)
+		e.foreign[idx] = e.win.tableVA + uint64(i)*layout.SlotSize
+	}
+	if n := len(e.foreign); n > 0 {
+		e.log.Warn("patch slots mapped by an earlier lucos: left in place, not managed", "slots", n)
+	}
+	return nil
+}
+
+// ForeignSlots reports the patch slots an earlier lucos left mapped in
+// this guest (slot index → the virtual address it is mapped at): their
+// patches stay in place, and this engine loads nothing over them.
+func (e *Engine) ForeignSlots() map[int]uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return maps.Clone(e.foreign)
 }

@@ -85,7 +85,7 @@ func findWindow(k *introspect.Kernel) (*window, error) {
 func (e *Engine) allocSlot() (*slot, error) {
 	idx := -1
 	for i, p := range e.slots {
-		if p == nil {
+		if _, taken := e.foreign[i]; p == nil && !taken {
 			idx = i
 			break
 		}

@@ -181,3 +181,24 @@ func ShellQuote(argv []string) string {
 	}
 	return strings.Join(q, " ")
 }
+
+// Control is the default initramfs's control channel on a connection to
+// the guest's second serial port, for a guest lucos did not boot: the
+// attach tests boot a plain QEMU with lucos's initramfs and run commands
+// in it through this.
+type Control struct{ c *controlChannel }
+
+// NewControl speaks the control protocol on conn.
+func NewControl(conn net.Conn) *Control { return &Control{newControlChannel(conn)} }
+
+// WaitReady waits for the guest's LUCOS-READY line and returns the
+// kernel release it names.
+func (c *Control) WaitReady(ctx context.Context) (string, error) { return c.c.waitReady(ctx) }
+
+// ExecScript runs a shell script in the guest.
+func (c *Control) ExecScript(ctx context.Context, script string) (*ExecResult, error) {
+	return c.c.run(ctx, script)
+}
+
+// Close closes the connection.
+func (c *Control) Close() error { return c.c.close() }

@@ -25,6 +25,9 @@ type attachReport struct {
 	APISock  string `json:"api_sock"`
 	RunDir   string `json:"run_dir"`
 	Patching string `json:"patching"` // "ok", or why this VM cannot be patched
+	// ForeignSlots counts patch slots an earlier lucos left mapped: their
+	// patches stay in place; this lucos does not manage them.
+	ForeignSlots int `json:"foreign_slots"`
 }
 
 func newAttachCmd() *cobra.Command {
@@ -89,18 +92,22 @@ lucos's gdbstub goes and QEMU runs on.`,
 			srv.UseKernel(k)
 			go srv.Serve()
 			patching := "ok"
-			if err := srv.CanPatch(cmd.Context()); err != nil {
+			foreign, err := srv.CanPatch(cmd.Context())
+			if err != nil {
 				patching = err.Error()
 			}
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
 				enc.Encode(attachReport{QEMUPID: m.PID(), Release: k.Release(), Slide: fmt.Sprintf("%#x", k.Slide), CPUs: m.CPUs(),
-					RAM: m.RAMSource(), APISock: apiSock, RunDir: m.RunDir(), Patching: patching})
+					RAM: m.RAMSource(), APISock: apiSock, RunDir: m.RunDir(), Patching: patching, ForeignSlots: foreign})
 			}
 			fmt.Fprintf(progress, "lucos: API on %s\n", apiSock)
 			if patching != "ok" {
 				fmt.Fprintf(progress, "lucos: patching refused on this VM: %s\n", patching)
+			}
+			if foreign > 0 {
+				fmt.Fprintf(progress, "lucos: %d patch slot(s) hold patches an earlier lucos applied: they stay in place, and this lucos can neither list nor roll them back (their record is not kept in the guest yet)\n", foreign)
 			}
 			fmt.Fprintln(progress, "lucos: attached; Ctrl-C detaches and leaves the VM running")
 			select {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/lucos/lucos/api"
 	"github.com/lucos/lucos/internal/testvm"
+	"github.com/lucos/lucos/vmm"
 )
 
 // attached is a running `lucos attach`.
@@ -143,5 +144,60 @@ func TestAttachPlainQEMU(t *testing.T) {
 	}
 	if err := c.stop(t, syscall.SIGTERM); err != nil || !vm.Running() {
 		t.Fatalf("detach: %v, QEMU running %v; stderr:\n%s", err, vm.Running(), c.stderr)
+	}
+}
+
+// TestAttachPatchesAVMWithPatchRegion attaches to a plain QEMU whose
+// owner booted the kernel with lucos's patch region: a patch applies and
+// commits, the guest's own /proc/cmdline shows it, and it stays in place
+// after lucos detaches. The next lucos sees the slot the first one left,
+// loads nothing over it and refuses to redirect the function again, and
+// the guest is unharmed throughout.
+func TestAttachPatchesAVMWithPatchRegion(t *testing.T) {
+	vm := testvm.BootPlain(t, testvm.Options(t), vmm.KernelCmdline(""))
+	before := vm.Exec(t, "cat /proc/cmdline").Stdout
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "api.sock")
+	a := startAttach(t, vm.QMP, sock)
+	if a.report.Patching != "ok" || a.report.ForeignSlots != 0 {
+		t.Fatalf("report %+v", a.report)
+	}
+	ko := filepath.Join(dir, "cmdline-string.ko")
+	if b := lucos(t, nil, "patch", "build", "../../examples/patches/cmdline-string", "-o", ko); b.code != 0 {
+		t.Fatalf("patch build: exit %d\n%s", b.code, b.stderr)
+	}
+	r := lucos(t, nil, "patch", "apply", "--api-sock", sock, ko, "--wait", "--json")
+	var in struct {
+		State string `json:"state"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &in); err != nil || in.State != "committed" {
+		t.Fatalf("patch apply: %v %q %s", err, r.stdout, r.stderr)
+	}
+	want := strings.TrimSuffix(string(before), "\n") + " lucos-patched\n"
+	if got := string(vm.Exec(t, "cat /proc/cmdline").Stdout); got != want {
+		t.Fatalf("/proc/cmdline after apply: %q, want %q", got, want)
+	}
+	if err := a.stop(t, syscall.SIGINT); err != nil {
+		t.Fatalf("detach: %v\n%s", err, a.stderr)
+	}
+	if got := string(vm.Exec(t, "cat /proc/cmdline").Stdout); got != want {
+		t.Fatalf("/proc/cmdline after detaching: %q, want %q (the committed patch stays)", got, want)
+	}
+
+	b := startAttach(t, vm.QMP, sock)
+	if b.report.ForeignSlots != 1 || !strings.Contains(b.stderr.String(), "1 patch slot(s) hold patches an earlier lucos applied") {
+		t.Errorf("second attach: report %+v; stderr:\n%s", b.report, b.stderr)
+	}
+	if r := lucos(t, nil, "patch", "apply", "--api-sock", sock, ko); r.code == 0 || !strings.Contains(r.stderr, "already redirected") {
+		t.Errorf("apply over the earlier lucos's jump: exit %d %q", r.code, r.stderr)
+	}
+	if got := string(vm.Exec(t, "cat /proc/cmdline").Stdout); got != want {
+		t.Errorf("/proc/cmdline after the refused apply: %q, want %q", got, want)
+	}
+	if res := vm.Exec(t, "dmesg | grep -cE 'Oops|BUG:|WARNING:|general protection' || true"); strings.TrimSpace(string(res.Stdout)) != "0" {
+		t.Errorf("guest log: %s oops/warning lines:\n%s", res.Stdout, vm.Exec(t, "dmesg | tail -40").Stdout)
+	}
+	if err := b.stop(t, syscall.SIGINT); err != nil || !vm.Running() {
+		t.Fatalf("detach: %v; running %v", err, vm.Running())
 	}
 }

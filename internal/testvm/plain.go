@@ -1,7 +1,6 @@
 package testvm
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -27,6 +26,7 @@ type Plain struct {
 	Console string // console log file
 	cmd     *exec.Cmd
 	exited  chan struct{}
+	ctl     *vmm.Control
 }
 
 // BootPlain boots the default guest of o (kernel, lucos's initramfs and
@@ -69,7 +69,13 @@ func BootPlain(t testing.TB, o launch.Options, cmdline string) *Plain {
 	}
 	p.PID = p.cmd.Process.Pid
 	go func() { p.cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() { p.cmd.Process.Kill(); <-p.exited })
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.exited
+		if p.ctl != nil {
+			p.ctl.Close()
+		}
+	})
 	// The control channel's first line says init is up.
 	ready := make(chan error, 1)
 	go func() {
@@ -78,15 +84,9 @@ func BootPlain(t testing.TB, o launch.Options, cmdline string) *Plain {
 			ready <- err
 			return
 		}
-		t.Cleanup(func() { c.Close() })
-		sc := bufio.NewScanner(c)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "LUCOS-READY ") {
-				ready <- nil
-				return
-			}
-		}
-		ready <- fmt.Errorf("control channel closed: %v", sc.Err())
+		p.ctl = vmm.NewControl(c)
+		_, err = p.ctl.WaitReady(ctx)
+		ready <- err
 	}()
 	select {
 	case err = <-ready:
@@ -100,6 +100,20 @@ func BootPlain(t testing.TB, o launch.Options, cmdline string) *Plain {
 		t.Fatalf("plain QEMU boot: %v\nconsole:\n%s", err, tail(string(log), 2000))
 	}
 	return p
+}
+
+// Exec runs a shell script in the guest through its control channel and
+// fails the test on a transport error.
+func (p *Plain) Exec(t testing.TB, script string) *vmm.ExecResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := p.ctl.ExecScript(ctx, script)
+	if err != nil {
+		log, _ := os.ReadFile(p.Console)
+		t.Fatalf("exec %q: %v\nconsole:\n%s", script, err, tail(string(log), 2000))
+	}
+	return res
 }
 
 // Running reports whether QEMU is still running.
