@@ -57,12 +57,14 @@ func (s *Server) Settle(ctx context.Context, grace time.Duration, say func(strin
 }
 
 // CanPatch makes the patch engine now (it is otherwise made on first use)
-// and says why this VM cannot be patched, if it cannot; foreign counts the
-// patch slots an earlier lucos left mapped (patch.Engine.ForeignSlots).
-func (s *Server) CanPatch(ctx context.Context) (foreign int, err error) {
+// and says why this VM cannot be patched, if it cannot. taken counts the
+// patches an earlier lucos applied that the engine took over from their
+// records in the guest; foreign, the slots it left that have none
+// (patch.Engine.ForeignSlots).
+func (s *Server) CanPatch(ctx context.Context) (taken, foreign int, err error) {
 	e, err := s.engine.get(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return len(e.ForeignSlots()), nil
+	return len(e.List()), len(e.ForeignSlots()), nil
 }

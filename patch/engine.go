@@ -125,6 +125,7 @@ func New(m *vmm.Machine, k *introspect.Kernel, log *slog.Logger) (*Engine, error
 		return nil, fmt.Errorf("patch engine: %w", err)
 	}
 	m.SetTrapHandler(e.onTrap)
+	e.adoptForeign()
 	return e, nil
 }
 
@@ -166,7 +167,7 @@ func (e *Engine) apply(ctx context.Context, ko []byte, o Options) (*Patch, error
 	if err != nil {
 		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
 	}
-	img, err := mod.Link(t, s.va+4096, layout.SlotSize-4096)
+	img, err := mod.Link(t, s.va+4096, layout.SlotSize-4096-recordArea)
 	if err != nil {
 		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
 	}
@@ -186,7 +187,7 @@ func (e *Engine) apply(ctx context.Context, ko []byte, o Options) (*Patch, error
 	for _, pg := range img.Pages {
 		end = max(end, pg.Addr+loader.PageSize)
 	}
-	if end+2*loader.PageSize > s.va+layout.SlotSize {
+	if end+2*loader.PageSize > s.va+layout.SlotSize-recordArea {
 		return nil, fmt.Errorf("apply %s: no room in the slot for function-callback stubs", mod.Name)
 	}
 	entry := func(va uint64) ([]byte, error) { return readEntry(e.k, va) }
@@ -208,17 +209,21 @@ func (e *Engine) apply(ctx context.Context, ko []byte, o Options) (*Patch, error
 		history: []Event{{State: StateLoading, At: time.Now()}}, done: make(chan struct{}),
 		rt: img.Runtime, shell: img.Shell, data: dataItems(img), callbacks: img.Callbacks,
 		threadSeen: map[uint64]bool{}, callbackRuns: map[string]int{},
-		hooks: hooks, k: e.k, kickAfter: o.kickAfter(), kicked: map[uint64]time.Time{},
+		hooks: hooks, k: e.k, kickAfter: o.kickAfter(), kicked: map[uint64]time.Time{}, replaces: o.Replace,
 	}
 	for _, w := range img.Warnings {
 		p.warnings = append(p.warnings, fmt.Sprintf("WARN at %s:%d in patch code is a NOP: the kernel knows no bug table for patch code", w.File, w.Line))
 	}
+	rec, err := encodeRecord(p)
+	if err != nil {
+		return nil, fmt.Errorf("apply %s: %w", mod.Name, err)
+	}
 	e.slots[s.index] = p
 	e.patches = append(e.patches, p)
 
-	// Load: the pages and their mapping, one short pause per step. Nothing
-	// refers to them until the switch.
-	steps, err := e.loadSteps(s, append(img.Pages, stubs...))
+	// Load: the pages, the record and their mapping, one short pause per
+	// step. Nothing refers to them until the switch.
+	steps, err := e.loadSteps(s, append(img.Pages, stubs...), rec)
 	for _, step := range steps {
 		if err != nil {
 			break

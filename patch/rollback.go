@@ -51,6 +51,9 @@ func (e *Engine) rollback(ctx context.Context, id string, o Options) (*Patch, er
 	if st != StateTransitioning && st != StateCommitted {
 		return nil, fmt.Errorf("rollback %s: %w (it is %s)", id, ErrBadState, st)
 	}
+	if p.orphanData > 0 {
+		return nil, fmt.Errorf("rollback %s: %w: it has %d data updates and was applied by an earlier lucos; the guest keeps no record of its instances, so only that lucos could roll it back", id, ErrBadState, p.orphanData)
+	}
 	switchAt := time.Now()
 	pause, err := e.m.WithPaused(ctx, func(g *gdbstub.Client) error {
 		return e.switchOut(ctx, g, p, st == StateTransitioning)

@@ -124,11 +124,11 @@ const loadPiece = 0x700
 // page, in pieces of one packet, and last the PMD entry that makes them visible. Until that last
 // step nothing in the guest can reach the slot, so the steps may run in
 // separate pauses with the guest running in between.
-func (e *Engine) loadSteps(s *slot, pages []Page) ([]func(g *gdbstub.Client) error, error) {
+func (e *Engine) loadSteps(s *slot, pages []Page, record []byte) ([]func(g *gdbstub.Client) error, error) {
 	table := make([]byte, 4096)
 	for _, p := range pages {
 		off := p.Addr - s.va
-		if p.Addr < s.va+4096 || off >= layout.SlotSize || off%4096 != 0 || len(p.Data) != 4096 {
+		if p.Addr < s.va+4096 || off >= layout.SlotSize-recordArea || off%4096 != 0 || len(p.Data) != 4096 {
 			return nil, fmt.Errorf("patch page at %#x does not fit slot %#x", p.Addr, s.va)
 		}
 		pte := (s.pa + off) | introspect.PTEPresent | pteAccessed | e.win.global
@@ -156,6 +156,7 @@ func (e *Engine) loadSteps(s *slot, pages []Page) ([]func(g *gdbstub.Client) err
 	for _, p := range pages {
 		write(s.pa+(p.Addr-s.va), p.Data)
 	}
+	write(recordPA(s.pa), record)
 	steps = append(steps, func(g *gdbstub.Client) error {
 		var cur [8]byte
 		if err := e.m.ReadPhys(s.pmd, cur[:]); err != nil {

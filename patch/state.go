@@ -115,6 +115,11 @@ type Patch struct {
 	trapErr      string       // the last failure while handling a trap
 	traps        atomic.Int64 // trapped writes to watched instances
 	transfers    atomic.Int64 // state-transfer calls (forward and reverse)
+	// orphanData counts the data updates of a patch taken over from an
+	// earlier lucos (record.go): their instances are not recorded, so it
+	// cannot be rolled back.
+	orphanData int
+	replaces   bool // applied with Options.Replace: it took over every patch below
 }
 
 // countCallback counts one run of a callback of kind.

@@ -25,8 +25,11 @@ type attachReport struct {
 	APISock  string `json:"api_sock"`
 	RunDir   string `json:"run_dir"`
 	Patching string `json:"patching"` // "ok", or why this VM cannot be patched
-	// ForeignSlots counts patch slots an earlier lucos left mapped: their
-	// patches stay in place; this lucos does not manage them.
+	// TakenOver counts the patches an earlier lucos applied that this one
+	// took over from their records in the guest (patch list shows them).
+	TakenOver int `json:"taken_over"`
+	// ForeignSlots counts patch slots an earlier lucos left mapped with no
+	// record this one can read: left in place, untouched.
 	ForeignSlots int `json:"foreign_slots"`
 }
 
@@ -92,22 +95,27 @@ lucos's gdbstub goes and QEMU runs on.`,
 			srv.UseKernel(k)
 			go srv.Serve()
 			patching := "ok"
-			foreign, err := srv.CanPatch(cmd.Context())
+			taken, foreign, err := srv.CanPatch(cmd.Context())
 			if err != nil {
 				patching = err.Error()
-			}
-			if asJSON {
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
-				enc.Encode(attachReport{QEMUPID: m.PID(), Release: k.Release(), Slide: fmt.Sprintf("%#x", k.Slide), CPUs: m.CPUs(),
-					RAM: m.RAMSource(), APISock: apiSock, RunDir: m.RunDir(), Patching: patching, ForeignSlots: foreign})
 			}
 			fmt.Fprintf(progress, "lucos: API on %s\n", apiSock)
 			if patching != "ok" {
 				fmt.Fprintf(progress, "lucos: patching refused on this VM: %s\n", patching)
 			}
+			if taken > 0 {
+				fmt.Fprintf(progress, "lucos: took over %d patch(es) an earlier lucos applied, from their records in the guest: lucos patch list shows them\n", taken)
+			}
 			if foreign > 0 {
-				fmt.Fprintf(progress, "lucos: %d patch slot(s) hold patches an earlier lucos applied: they stay in place, and this lucos can neither list nor roll them back (their record is not kept in the guest yet)\n", foreign)
+				fmt.Fprintf(progress, "lucos: %d patch slot(s) hold patches an earlier lucos applied with no record this lucos can read: they stay in place, untouched, and cannot be rolled back from here\n", foreign)
+			}
+			// The report comes last: a script that reads it finds every message
+			// above already printed.
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				enc.Encode(attachReport{QEMUPID: m.PID(), Release: k.Release(), Slide: fmt.Sprintf("%#x", k.Slide), CPUs: m.CPUs(),
+					RAM: m.RAMSource(), APISock: apiSock, RunDir: m.RunDir(), Patching: patching, TakenOver: taken, ForeignSlots: foreign})
 			}
 			fmt.Fprintln(progress, "lucos: attached; Ctrl-C detaches and leaves the VM running")
 			select {
