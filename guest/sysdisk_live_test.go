@@ -13,6 +13,8 @@ import (
 
 	"github.com/lucos/lucos/guest"
 	"github.com/lucos/lucos/internal/testreq"
+	"github.com/lucos/lucos/launch"
+	"github.com/lucos/lucos/vmm"
 )
 
 // TestSystemDiskBootsOnPlainQEMU builds (or takes from the cache) the
@@ -20,7 +22,8 @@ import (
 // command line, the one docs/ATTACH.md shows: no -kernel, no lucos
 // parameter, no gdbstub, no shared memory. Root must be logged in on the
 // serial console, running the disk's kernel with a command line free of
-// memmap=.
+// memmap=. lucos attaches to it (QMP only) and detaches, and the shell
+// still answers.
 func TestSystemDiskBootsOnPlainQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a Debian system and boots it")
@@ -43,10 +46,11 @@ func TestSystemDiskBootsOnPlainQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	qmp := filepath.Join(dir, "qmp.sock")
 	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-m", "1G", "-smp", "2",
 		"-nodefaults", "-display", "none", "-no-reboot",
 		"-drive", "file="+overlay+",format=qcow2,if=virtio",
-		"-serial", "unix:"+sock)
+		"-serial", "unix:"+sock, "-qmp", "unix:"+qmp+",server=on,wait=off")
 	qemu.Stderr = testWriter{t}
 	if err := qemu.Start(); err != nil {
 		t.Fatal(err)
@@ -86,6 +90,32 @@ func TestSystemDiskBootsOnPlainQEMU(t *testing.T) {
 	if strings.Contains(out, "Kernel panic") || strings.Contains(out, "Oops") {
 		t.Errorf("the boot oopsed:\n%s", tail(out, 3000))
 	}
+
+	// lucos attaches to the running system, finds its kernel from the
+	// banner, sees systemd as PID 1, and detaches; the shell still answers.
+	m, k, err := launch.AttachQEMU(ctx, launch.AttachOptions{VM: vmm.AttachConfig{QMP: qmp}})
+	if err != nil {
+		t.Fatalf("attach: %v", err)
+	}
+	tasks, err := k.Tasks(ctx)
+	m.Close()
+	if err != nil {
+		t.Fatalf("tasks: %v", err)
+	}
+	if k.Release() != d.Release {
+		t.Errorf("attach found kernel %s, the disk has %s", k.Release(), d.Release)
+	}
+	systemd := false
+	for _, task := range tasks {
+		systemd = systemd || task.PID == 1 && task.Comm == "systemd"
+	}
+	if !systemd {
+		t.Errorf("attach: no systemd as PID 1 among %d tasks", len(tasks))
+	}
+	if _, err := io.WriteString(conn, "echo AFTER-DETACH-$((6*7))\n"); err != nil {
+		t.Fatal(err)
+	}
+	expect("AFTER-DETACH-42")
 }
 
 // readUntil reads r until s has gone by.
