@@ -62,8 +62,9 @@ test-unit: build
 # goes on through every target and then names the ones that failed.
 FUZZTIME ?= 1m
 FUZZFLAGS ?=
+FUZZKEEP ?= 64
 fuzz:
-	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS="$(FUZZFLAGS)" scripts/fuzz.sh
+	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS="$(FUZZFLAGS)" FUZZKEEP=$(FUZZKEEP) scripts/fuzz.sh
 
 # Every benchmark scenario on fresh guests (~60 min on 2 cores, TCG: ~20 min, then the 10,000-cycle soak at ~4.7 cycles/s), then
 # docs/BENCHMARKS.md and its figures (docs/bench/*.svg) regenerated from

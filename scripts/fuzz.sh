@@ -8,11 +8,17 @@
 # Each target's run is appended to FUZZLOG (docs/bench/fuzz.tsv), whose rows
 # the Fuzzing section of docs/BENCHMARKS.md sums (bench/report/fuzz.go):
 # date, package, target, time, execs, result.
+# After a target's run, up to FUZZKEEP (default 64) of the inputs the fuzzer
+# found interesting (go's generated corpus, in GOCACHE) are kept in the
+# package's testdata/fuzz as seeds (up to FUZZKEEP there in all), to be
+# committed: plain go test then replays them. FUZZKEEP=0 keeps none.
 set -uo pipefail
 GO=${GO:-go}
 FUZZTIME=${FUZZTIME:-1m}
 FUZZFLAGS=${FUZZFLAGS:-}
 FUZZLOG=${FUZZLOG:-docs/bench/fuzz.tsv}
+FUZZKEEP=${FUZZKEEP:-64}
+gocache=$($GO env GOCACHE)
 failed=() raced=() ran=0
 if [ ! -s "$FUZZLOG" ]; then
 	printf '# date\tpackage\ttarget\ttime\texecs\tresult\tnote (appended by scripts/fuzz.sh)\n' >"$FUZZLOG"
@@ -50,6 +56,18 @@ for pkg in $($GO list ./...); do
 		*) printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$date" "$pkg" "$f" "$FUZZTIME" "$execs" "$result" "$note" >>"$FUZZLOG" ;;
 		esac
 		rm -f "$log"
+		if [ "$result" != failed ] && [ "$FUZZKEEP" -gt 0 ]; then
+			generated="$gocache/fuzz/$pkg/$f"
+			mkdir -p "$corpus"
+			kept=$(ls "$corpus" | wc -l)
+			# The newest first: they carry the coverage the run found last.
+			for entry in $(ls -t "$generated" 2>/dev/null); do
+				[ "$kept" -ge "$FUZZKEEP" ] && break
+				[ -e "$corpus/$entry" ] && continue
+				cp "$generated/$entry" "$corpus/$entry" && kept=$((kept + 1))
+			done
+			rmdir "$corpus" 2>/dev/null
+		fi
 	done
 done
 echo "fuzz: $ran targets, $FUZZTIME each; ${#raced[@]} ended on the deadline race: ${raced[*]:-none}"
