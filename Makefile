@@ -63,8 +63,9 @@ test-unit: build
 FUZZTIME ?= 1m
 FUZZFLAGS ?=
 FUZZKEEP ?= 64
-fuzz:
-	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS="$(FUZZFLAGS)" FUZZKEEP=$(FUZZKEEP) scripts/fuzz.sh
+fuzz: build
+	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS="$(FUZZFLAGS)" FUZZKEEP=$(FUZZKEEP) scripts/fuzz.sh; \
+		status=$$?; $(LUCOS) bench fuzz-report --report docs/BENCHMARKS.md && exit $$status
 
 # Every benchmark scenario on fresh guests (~60 min on 2 cores, TCG: ~20 min, then the 10,000-cycle soak at ~4.7 cycles/s), then
 # docs/BENCHMARKS.md and its figures (docs/bench/*.svg) regenerated from

@@ -142,3 +142,30 @@ func fmtHours(d time.Duration) string {
 	}
 	return fmt.Sprintf("%d h %d min", m/60, m%60)
 }
+
+// ReplaceFuzz rewrites the Fuzzing section of a report written by Write
+// from runs, leaving every other section as it was: make fuzz updates the
+// report after a fuzzing run without rerunning the benchmarks. A report
+// with no Fuzzing section gets one before its Claims.
+func ReplaceFuzz(doc []byte, runs []FuzzRun) ([]byte, error) {
+	var sec bytes.Buffer
+	sec.WriteString("## Fuzzing\n\n")
+	writeFuzz(&sec, runs)
+	start := bytes.Index(doc, []byte("\n## Fuzzing\n"))
+	if start < 0 {
+		start = bytes.Index(doc, []byte("\n## Claims\n"))
+		if start < 0 {
+			return nil, fmt.Errorf("the report has neither a Fuzzing nor a Claims section")
+		}
+		out := append([]byte(nil), doc[:start+1]...)
+		out = append(out, sec.Bytes()...)
+		return append(out, doc[start+1:]...), nil
+	}
+	end := bytes.Index(doc[start+1:], []byte("\n## "))
+	if end < 0 {
+		end = len(doc) - start - 1
+	}
+	out := append([]byte(nil), doc[:start+1]...)
+	out = append(out, sec.Bytes()...)
+	return append(out, doc[start+1+end+1:]...), nil
+}

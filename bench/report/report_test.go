@@ -192,3 +192,38 @@ func TestReadFuzzLogRefuses(t *testing.T) {
 		}
 	}
 }
+
+// TestReplaceFuzz: rewriting the Fuzzing section from the same log leaves
+// the report byte for byte as Write made it; from a longer log only that
+// section changes; a report without one gets it before the Claims.
+func TestReplaceFuzz(t *testing.T) {
+	runs, err := ReadFuzzLog(strings.NewReader(fuzzLog))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var with, without bytes.Buffer
+	if err := Write(&with, machine, sections(), claims, runs); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(&without, machine, sections(), claims, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReplaceFuzz(with.Bytes(), runs)
+	if err != nil || !bytes.Equal(got, with.Bytes()) {
+		t.Fatalf("same runs: err %v, changed:\n%s", err, got)
+	}
+	got, err = ReplaceFuzz(without.Bytes(), runs)
+	if err != nil || !bytes.Equal(got, with.Bytes()) {
+		t.Fatalf("no section before: err %v, got:\n%s", err, got)
+	}
+	more := append(runs[:len(runs):len(runs)], FuzzRun{Date: "2026-12-08T00:00:00Z", Package: "github.com/lucos/lucos/patch", Target: "FuzzDecodeRecord", Time: time.Minute, Execs: 42, Result: "ok"})
+	got, err = ReplaceFuzz(with.Bytes(), more)
+	if err != nil || !bytes.Contains(got, []byte("patch.FuzzDecodeRecord")) {
+		t.Fatalf("more runs: err %v, got:\n%s", err, got)
+	}
+	head := with.Bytes()[:bytes.Index(with.Bytes(), []byte("## Fuzzing"))]
+	tailAt := bytes.Index(with.Bytes(), []byte("## Claims"))
+	if !bytes.HasPrefix(got, head) || !bytes.HasSuffix(got, with.Bytes()[tailAt:]) {
+		t.Fatalf("more runs changed other sections:\n%s", got)
+	}
+}

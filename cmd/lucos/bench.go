@@ -122,6 +122,7 @@ func newBenchCmd() *cobra.Command {
 	cmd.Flags().StringVar(&command, "command", "", `the command the report says produced it (default "lucos bench ARGS")`)
 	cmd.Flags().IntVar(&cycles, "cycles", bench.DefaultSoak.Cycles, "soak: apply/rollback cycles")
 	cmd.Flags().StringVar(&fixes, "fixes", "", "realfix: try the diffs (*.patch, *.diff) of this directory instead of the built-in corpus (bench/realfix/fixes, for 6.1.0-54; pass --release for others)")
+	cmd.AddCommand(newFuzzReportCmd())
 	return cmd
 }
 
@@ -266,4 +267,43 @@ func readFuzzLog(path string) ([]report.FuzzRun, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return runs, nil
+}
+
+// newFuzzReportCmd rewrites the Fuzzing section of the benchmark report
+// from docs/bench/fuzz.tsv (make fuzz runs it after fuzzing).
+func newFuzzReportCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "fuzz-report [--report docs/BENCHMARKS.md]",
+		Short: "Rewrite the report's Fuzzing section from bench/fuzz.tsv beside it",
+		Long: `Rewrite the Fuzzing section of the benchmark report from the fuzzing log
+(bench/fuzz.tsv next to the report, which make fuzz appends to), leaving every
+other section as the last "make bench" wrote it. make fuzz runs this after
+fuzzing.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			doc, err := os.ReadFile(path)
+			if err != nil {
+				return fmt.Errorf("fuzz-report: %w", err)
+			}
+			runs, err := readFuzzLog(filepath.Join(filepath.Dir(path), "bench", "fuzz.tsv"))
+			if err != nil {
+				return fmt.Errorf("fuzz-report: %w", err)
+			}
+			if len(runs) == 0 {
+				return fmt.Errorf("fuzz-report: no fuzzing runs logged in %s", filepath.Join(filepath.Dir(path), "bench", "fuzz.tsv"))
+			}
+			out, err := report.ReplaceFuzz(doc, runs)
+			if err != nil {
+				return fmt.Errorf("fuzz-report: %s: %w", path, err)
+			}
+			if err := os.WriteFile(path, out, 0o644); err != nil {
+				return fmt.Errorf("fuzz-report: %w", err)
+			}
+			fmt.Fprintf(os.Stderr, "bench: %s: Fuzzing section rewritten from %d runs\n", path, len(runs))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&path, "report", "docs/BENCHMARKS.md", "the benchmark report")
+	return cmd
 }
