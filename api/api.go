@@ -60,3 +60,8 @@ func (d *Duration) UnmarshalText(b []byte) error {
 type errorBody struct {
 	Error string `json:"error"`
 }
+
+// DetachReply is the reply to POST /detach: the lucos that will detach.
+type DetachReply struct {
+	ServerPID int `json:"server_pid"`
+}

@@ -35,6 +35,12 @@ func NewClient(path string) *Client {
 	}}}
 }
 
+// Detach asks the lucos that attached to the VM to detach (POST /detach).
+func (c *Client) Detach(ctx context.Context) (*DetachReply, error) {
+	var r DetachReply
+	return &r, c.do(ctx, http.MethodPost, "/detach", struct{}{}, &r)
+}
+
 // VM returns GET /vm.
 func (c *Client) VM(ctx context.Context) (*VMInfo, error) {
 	var info VMInfo

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/lucos/lucos/vmm"
@@ -25,6 +26,9 @@ type Server struct {
 
 	kernel *kernelView
 	engine *engineView
+
+	detach     chan struct{} // closed by POST /detach
+	detachOnce sync.Once
 }
 
 // Listen claims the socket at path: a live socket is refused with
@@ -41,11 +45,12 @@ func Listen(path string, m *vmm.Machine) (*Server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("API socket: %w", err)
 	}
-	s := &Server{m: m, path: path, ln: ln, kernel: &kernelView{m: m}}
+	s := &Server{m: m, path: path, ln: ln, kernel: &kernelView{m: m}, detach: make(chan struct{})}
 	s.engine = &engineView{kernel: s.kernel}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /vm", s.getVM)
 	mux.HandleFunc("POST /exec", s.postExec)
+	mux.HandleFunc("POST /detach", s.postDetach)
 	mux.HandleFunc("GET /tasks", s.getTasks)
 	mux.HandleFunc("GET /sym", s.getSym)
 	mux.HandleFunc("POST /patches", s.postPatch)

@@ -2,7 +2,10 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
+	"os"
 	"time"
 
 	"github.com/lucos/lucos/introspect"
@@ -67,4 +70,19 @@ func (s *Server) CanPatch(ctx context.Context) (taken, foreign int, err error) {
 		return 0, 0, err
 	}
 	return len(e.List()), len(e.ForeignSlots()), nil
+}
+
+// DetachRequested is closed when a client asks the server's lucos to
+// detach (POST /detach, lucos detach).
+func (s *Server) DetachRequested() <-chan struct{} { return s.detach }
+
+// postDetach asks the lucos that attached to the VM to detach. A VM that
+// lucos run started has nothing to detach from: it ends with its lucos.
+func (s *Server) postDetach(w http.ResponseWriter, r *http.Request) {
+	if !s.m.Attached() {
+		fail(w, http.StatusConflict, errors.New("this VM was started by lucos run, not attached to: it ends with that lucos (Ctrl-] in its console, or power the guest off)"))
+		return
+	}
+	s.detachOnce.Do(func() { close(s.detach) })
+	writeJSON(w, http.StatusOK, DetachReply{ServerPID: os.Getpid()})
 }

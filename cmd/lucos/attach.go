@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -61,7 +62,7 @@ Patching needs the guest kernel booted with lucos's patch region
 (memmap=16M$0x10000000, see docs/ATTACH.md); on a guest without it, "patch
 apply" is refused and the guest is left untouched.
 
-Ctrl-C (or SIGTERM) detaches: an update still transitioning gets --grace to
+Ctrl-C (or SIGTERM, or "lucos detach --api-sock PATH" from another shell) detaches: an update still transitioning gets --grace to
 commit and is rolled back if it does not; committed patches stay in place;
 lucos's gdbstub goes and QEMU runs on.`,
 		Example: `  qemu-system-x86_64 ... -qmp unix:/tmp/vm.qmp,server=on,wait=off &
@@ -120,6 +121,7 @@ lucos's gdbstub goes and QEMU runs on.`,
 			fmt.Fprintln(progress, "lucos: attached; Ctrl-C detaches and leaves the VM running")
 			select {
 			case <-cmd.Context().Done():
+			case <-srv.DetachRequested():
 			case <-m.Done():
 				return fmt.Errorf("the VM went away: %w", m.Wait())
 			}
@@ -141,5 +143,45 @@ lucos's gdbstub goes and QEMU runs on.`,
 	cmd.Flags().StringVar(&cacheDir, "cache", "", "guest cache directory (default: $LUCOS_CACHE or ~/.cache/lucos)")
 	cmd.Flags().DurationVar(&grace, "grace", 10*time.Second, "on detach, how long an update still transitioning may take to commit before it is rolled back")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was attached as JSON once the API serves")
+	return cmd
+}
+
+func newDetachCmd() *cobra.Command {
+	var apiSock string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "detach --api-sock PATH",
+		Short: "Make a lucos attach leave its VM (as Ctrl-C in it would)",
+		Long: `Ask the "lucos attach" serving --api-sock to detach, and wait until it has:
+updates still transitioning get its --grace to commit or are rolled back,
+committed patches stay, and the VM runs on. A VM that "lucos run" started is
+refused: it ends with its lucos.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := apiClient(apiSock)
+			if err != nil {
+				return err
+			}
+			r, err := c.Detach(cmd.Context())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "lucos: lucos attach (pid %d) is detaching\n", r.ServerPID)
+			// It has left once its process is gone.
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			for syscall.Kill(r.ServerPID, 0) == nil {
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("lucos attach (pid %d) has not finished detaching after %v", r.ServerPID, timeout)
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+			fmt.Fprintln(os.Stderr, "lucos: detached; the VM runs on")
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&apiSock, "api-sock", "", "control API socket of the attached VM")
+	cmd.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long to wait for the detach to finish")
 	return cmd
 }

@@ -215,9 +215,14 @@ func TestAttachPatchesAVMWithPatchRegion(t *testing.T) {
 		t.Errorf("new patch reuses id %s", id)
 	}
 	cmdline(patched, "after the second apply")
-	if err := b.stop(t, syscall.SIGINT); err != nil {
-		t.Fatalf("detach: %v\n%s", err, b.stderr)
+	// lucos detach from another shell, as Ctrl-C would.
+	if r := lucos(t, nil, "detach", "--api-sock", sock); r.code != 0 || !strings.Contains(r.stderr, "detached; the VM runs on") {
+		t.Fatalf("lucos detach: exit %d %q", r.code, r.stderr)
 	}
+	if err := <-b.done; err != nil {
+		t.Fatalf("lucos attach after lucos detach: %v\n%s", err, b.stderr)
+	}
+	b.done <- nil // for the cleanup
 	cmdline(patched, "after detaching (the committed patch stays)")
 
 	c := startAttach(t, vm.QMP, sock)

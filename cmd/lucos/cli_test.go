@@ -437,6 +437,9 @@ func TestPatchCommands(t *testing.T) {
 	if r := lucos(t, nil, "patch", "rollback", "--api-sock", v.sock, "42"); r.code != 1 || !strings.Contains(r.stderr, "no such patch") {
 		t.Errorf("rollback of an unknown id: exit %d %q", r.code, r.stderr)
 	}
+	if r := lucos(t, nil, "detach", "--api-sock", v.sock); r.code != 1 || !strings.Contains(r.stderr, "started by lucos run") {
+		t.Errorf("detach from a lucos run VM: exit %d %q", r.code, r.stderr)
+	}
 }
 
 // TestDemo runs the tour: the deadlock bug reproduces (a reader spins),

@@ -37,7 +37,7 @@ Start with "lucos demo", or "lucos run -- uname -a" to boot the default guest
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log each step (to stderr)")
-	root.AddCommand(newRunCmd(), newAttachCmd(), newExecCmd(), newStatusCmd(), newPsCmd(), newSymCmd(), newPatchCmd(), newGuestCmd(), newDemoCmd(), newBenchCmd())
+	root.AddCommand(newRunCmd(), newAttachCmd(), newDetachCmd(), newExecCmd(), newStatusCmd(), newPsCmd(), newSymCmd(), newPatchCmd(), newGuestCmd(), newDemoCmd(), newBenchCmd())
 	return root
 }
 
