@@ -59,11 +59,21 @@ func (c *Client) recoverLostWatch(ev StopEvent) (StopEvent, error) {
 	if err := c.ReadMemory(rip-maxInsn, code[:]); err != nil {
 		return ev, nil // not readable: not a store we can tell
 	}
-	if next, err := x86asm.Decode(code[maxInsn:], 64); err == nil && next.Op == x86asm.HLT {
+	next, nextErr := x86asm.Decode(code[maxInsn:], 64)
+	if nextErr == nil && next.Op == x86asm.HLT {
 		return ev, nil // a step of hlt would not end
 	}
 	c.mu.Lock()
 	hit := storedIntoWatch(code[:maxInsn], rip, regs, c.watches)
+	// The step runs the next instruction, and QEMU reports the recorded
+	// hit at its first access to watched memory, after that access: a
+	// watched store there is done by the time the step's stop comes, and
+	// QEMU never reports it on its own.
+	var second uint64
+	secondHit := false
+	if nextErr == nil {
+		second, secondHit = storeIntoWatch(next, rip+uint64(next.Len), regs, c.watches)
+	}
 	c.mu.Unlock()
 	if !hit {
 		return ev, nil
@@ -74,6 +84,9 @@ func (c *Client) recoverLostWatch(ev StopEvent) (StopEvent, error) {
 	}
 	if step.Reason == "watch" {
 		c.lostWatches.Add(1)
+		if secondHit {
+			step.Also, step.HasAlso = second, true
+		}
 	}
 	// The stop is the step's, but the pause began at ev's.
 	step.At = ev.At
@@ -97,22 +110,32 @@ func storedIntoWatch(before []byte, rip uint64, regs *Registers, watches []watch
 		if err != nil || in.Len != n {
 			continue
 		}
-		m, ok := in.Args[0].(x86asm.Mem)
-		if !ok || !writesFirstArg(in.Op) {
-			continue
-		}
-		ea, ok := effectiveAddress(m, rip, regs)
-		if !ok {
-			continue
-		}
-		size := uint64(max(in.MemBytes, 1))
-		for _, w := range watches {
-			if w.kind != WatchRead && ea < w.addr+w.size && w.addr < ea+size {
-				return true
-			}
+		if _, ok := storeIntoWatch(in, rip, regs, watches); ok {
+			return true
 		}
 	}
 	return false
+}
+
+// storeIntoWatch reports whether instruction in, which ends at after,
+// writes memory that overlaps a write or access watch, and the address
+// it writes; its address is computed from regs.
+func storeIntoWatch(in x86asm.Inst, after uint64, regs *Registers, watches []watchRange) (uint64, bool) {
+	m, ok := in.Args[0].(x86asm.Mem)
+	if !ok || !writesFirstArg(in.Op) {
+		return 0, false
+	}
+	ea, ok := effectiveAddress(m, after, regs)
+	if !ok {
+		return 0, false
+	}
+	size := uint64(max(in.MemBytes, 1))
+	for _, w := range watches {
+		if w.kind != WatchRead && ea < w.addr+w.size && w.addr < ea+size {
+			return ea, true
+		}
+	}
+	return 0, false
 }
 
 // writesFirstArg: the instructions whose memory first operand is only

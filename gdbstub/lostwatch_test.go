@@ -1,6 +1,10 @@
 package gdbstub
 
-import "testing"
+import (
+	"testing"
+
+	"golang.org/x/arch/x86/x86asm"
+)
 
 func TestStoredIntoWatch(t *testing.T) {
 	l := qemu72Layout(t)
@@ -43,5 +47,29 @@ func TestStoredIntoWatch(t *testing.T) {
 		if got := storedIntoWatch(before(tc.code...), rip, regs, tc.watches); got != tc.want {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestStoreIntoWatchNext: the instruction at rip, which a recovery step
+// runs, is checked too, with rip-relative operands taken from its own
+// end, and the address it writes is returned.
+func TestStoreIntoWatchNext(t *testing.T) {
+	l := qemu72Layout(t)
+	regs, err := l.NewRegisters(make([]byte, l.Size()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rip = 0xffffffffc0401010
+	// addq $1, 0x1000(%rip): 48 83 05 00 10 00 00 01, 8 bytes.
+	in, err := x86asm.Decode([]byte{0x48, 0x83, 0x05, 0x00, 0x10, 0x00, 0x00, 0x01}, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := uint64(rip + 8 + 0x1000)
+	if ea, ok := storeIntoWatch(in, rip+uint64(in.Len), regs, []watchRange{{WatchWrite, target - 8, 16}}); !ok || ea != target {
+		t.Errorf("addq into the watch: %#x %v, want %#x", ea, ok, target)
+	}
+	if _, ok := storeIntoWatch(in, rip+uint64(in.Len), regs, []watchRange{{WatchWrite, target + 8, 8}}); ok {
+		t.Error("addq next to the watch: reported")
 	}
 }

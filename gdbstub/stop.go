@@ -23,6 +23,12 @@ type StopEvent struct {
 	// 7.2 does not: a breakpoint stop has no reason), otherwise "".
 	Reason string
 	Addr   uint64
+	// Also is a second watched store the stop covers (HasAlso): when a
+	// lost hit is recovered by a step (recoverLostWatch), the stepped
+	// instruction's own watched store is done by the time QEMU reports
+	// the first, and is never reported itself.
+	Also    uint64
+	HasAlso bool
 	// Exited is set by a 'W' (exit status) or 'X' (killed by Signal) reply:
 	// the VM is gone.
 	Exited     bool

@@ -154,7 +154,7 @@ func testDataLayout(t *testing.T, r *rig) {
 		t.Fatalf("old instance after a write by new code: count=%d total_ms=%d, want 3 and 10", c, ms)
 	}
 	if in := p.Info(); in.Traps < 2 || in.State != patch.StateTransitioning {
-		t.Fatalf("after a write by new code: %d traps, state %s (trap error %q)", in.Traps, in.State, in.TrapError)
+		t.Fatalf("after a write by new code: %d traps, state %s (trap error %q; %d lost watch hits recovered)", in.Traps, in.State, in.TrapError, r.m.LostWatches())
 	}
 
 	// Old code writes the old instance; the forward transfer updates the new one.

@@ -117,17 +117,40 @@ func (e *Engine) TrapTimes() []time.Duration { return e.trapTimes.Samples() }
 // reverse; then the instance's data callbacks run. All on the writing vCPU,
 // right after the write.
 func (e *Engine) onWatch(g *gdbstub.Client, ev gdbstub.StopEvent) {
-	var w *watch
-	for _, x := range e.traps.watches {
-		if x.contains(ev.Addr) {
-			w = x
-			break
-		}
-	}
+	w := e.traps.watchAt(ev.Addr)
 	if w == nil {
 		e.log.Warn("trap: a watch lucos does not keep", "stop", ev)
 		return
 	}
+	e.onHit(g, ev, w)
+	if !ev.HasAlso {
+		return
+	}
+	// A second write the stop covers (see gdbstub.StopEvent.Also): of the
+	// same instance, the transfer just run saw it already; of another,
+	// that one's transfer runs now.
+	switch also := e.traps.watchAt(ev.Also); {
+	case also == nil:
+		e.log.Warn("trap: a second write outside lucos's watches", "stop", ev)
+	case also == w:
+		w.p.traps.Add(1)
+	default:
+		e.onHit(g, ev, also)
+	}
+}
+
+// watchAt is the watch that holds addr, or nil.
+func (t *trapSet) watchAt(addr uint64) *watch {
+	for _, x := range t.watches {
+		if x.contains(addr) {
+			return x
+		}
+	}
+	return nil
+}
+
+// onHit handles one trapped write to w's instance.
+func (e *Engine) onHit(g *gdbstub.Client, ev gdbstub.StopEvent, w *watch) {
 	p := w.p
 	p.traps.Add(1)
 	defer func() { e.trapTimes.Add(time.Since(ev.At)) }()
