@@ -341,12 +341,11 @@ func (m *Machine) detach() {
 			m.gdb.Close()
 		}
 	}
-	if m.qmp != nil {
-		if m.attached.gdbStarted {
-			m.HumanMonitor("gdbserver none")
-		}
-		// It ran when lucos attached: a guest the gdbstub left stopped (its
-		// connection broke in a pause) runs again.
+	if m.qmp != nil && m.attached.gdbStarted {
+		m.HumanMonitor("gdbserver none")
+		// It ran when lucos attached: a guest lucos's gdbstub left stopped
+		// (its connection broke in a pause) runs again. A VM refused before
+		// that (one its owner had paused) is left as it was.
 		m.qmpRun("cont", nil, nil)
 	}
 }
