@@ -151,7 +151,7 @@ func testDataLayout(t *testing.T, r *rig) {
 		t.Fatalf("new code after apply: %q", out)
 	}
 	if c, ms := r.readStats(t, old); c != 3 || ms != 10 {
-		t.Fatalf("old instance after a write by new code: count=%d total_ms=%d, want 3 and 10", c, ms)
+		t.Fatalf("old instance after a write by new code: count=%d total_ms=%d, want 3 and 10 (%d traps, trap error %q, %d lost watch hits recovered)", c, ms, p.Info().Traps, p.Info().TrapError, r.m.LostWatches())
 	}
 	if in := p.Info(); in.Traps < 2 || in.State != patch.StateTransitioning {
 		t.Fatalf("after a write by new code: %d traps, state %s (trap error %q; %d lost watch hits recovered)", in.Traps, in.State, in.TrapError, r.m.LostWatches())
