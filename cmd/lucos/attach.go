@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -85,10 +84,7 @@ lucos's gdbstub goes and QEMU runs on.`,
 				return err
 			}
 			defer m.Close()
-			if apiSock == "" {
-				apiSock = filepath.Join(m.RunDir(), "api.sock")
-			}
-			srv, err := api.Listen(apiSock, m)
+			srv, apiSock, err := listenAPI(apiSock, m)
 			if err != nil {
 				return err
 			}

@@ -158,10 +158,7 @@ func run(ctx context.Context, opts launch.Options, apiSock string, argv []string
 	}
 	fmt.Fprintf(os.Stderr, "lucos: guest %s up in %.1f s (%d vCPUs, %s, %s)\n", m.Release(), m.BootTime().Seconds(), m.CPUs(), accel, why)
 
-	if apiSock == "" {
-		apiSock = filepath.Join(m.RunDir(), "api.sock")
-	}
-	srv, err := api.Listen(apiSock, m)
+	srv, apiSock, err := listenAPI(apiSock, m)
 	if err != nil {
 		return err
 	}
@@ -230,4 +227,15 @@ func relayInput(r io.Reader, w io.Writer, escaped chan<- struct{}) {
 			return
 		}
 	}
+}
+
+// listenAPI claims the control API socket of m: sock, or api.sock in m's
+// run directory when sock is empty. It returns the server (not yet
+// serving) and the socket's path.
+func listenAPI(sock string, m *vmm.Machine) (*api.Server, string, error) {
+	if sock == "" {
+		sock = filepath.Join(m.RunDir(), "api.sock")
+	}
+	srv, err := api.Listen(sock, m)
+	return srv, sock, err
 }
