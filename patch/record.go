@@ -205,11 +205,9 @@ func (e *Engine) adoptForeign() {
 		}
 	}
 	for _, c := range cands {
-		chained := chainedBy[c.r.ID]
-		if replacedBelow != "" && compareIDs(c.r.ID, replacedBelow) < 0 {
-			chained = nil // treated as restored: it drains and is freed
-		}
-		p, state, err := e.adoptOne(c.idx, c.r, chained, shells, replacedBelow != "" && compareIDs(c.r.ID, replacedBelow) < 0)
+		// A replaced patch is treated as restored: it drains and is freed.
+		replaced := replacedBelow != "" && compareIDs(c.r.ID, replacedBelow) < 0
+		p, state, err := e.adoptOne(c.idx, c.r, chainedBy[c.r.ID], shells, replaced)
 		if err != nil {
 			e.log.Warn("patch left by an earlier lucos cannot be taken over: left alone", "slot", c.idx, "id", c.r.ID, "err", err)
 			continue
