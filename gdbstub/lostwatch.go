@@ -38,12 +38,20 @@ type watchRange struct {
 // stays stopped.
 func (c *Client) recoverLostWatch(ev StopEvent) (StopEvent, error) {
 	c.mu.Lock()
-	// In physical mode 'm' would read rip as a physical address; lucos
-	// leaves that mode before it resumes, so a stop never meets it.
-	watched := len(c.watches) > 0 && !c.physical
+	watched, physical := len(c.watches) > 0, c.physical
 	c.mu.Unlock()
 	if !watched || ev.Exited || ev.Signal != SignalInterrupt || ev.Thread == 0 {
 		return ev, nil
+	}
+	// The code at rip is read by its virtual address. The mode stays as
+	// the last batch with a physical write left it (a patch's entries, a
+	// kick), so a stop usually finds it on: without this, no lost hit
+	// was ever recovered after the first physical write. The next batch
+	// that writes physical memory switches it on again.
+	if physical {
+		if err := c.SetPhysical(false); err != nil {
+			return ev, fmt.Errorf("look for a lost watch hit: %w", err)
+		}
 	}
 	regs, err := c.ReadRegisters(ev.Thread)
 	if err != nil {

@@ -228,38 +228,59 @@ func notStarted(g *gdbstub.Client, tid int, entry uint64) bool {
 // trampoline then loops without storing again): the vCPU's own RIP tells.
 // The VM is stopped when it returns. Another stop ends it with an error.
 func (e *Engine) runUntil(ctx context.Context, g *gdbstub.Client, run, call int, d time.Duration, rt loader.Runtime) (gdbstub.StopEvent, bool, error) {
-	var err error
-	if run == 0 {
-		_, err = g.Continue()
-	} else {
-		_, err = g.ContinueThread(run)
-	}
-	if err != nil {
-		return gdbstub.StopEvent{}, false, err
-	}
 	wctx, cancel := context.WithTimeout(ctx, d)
-	ev, err := g.Wait(wctx)
-	cancel()
-	if err != nil {
-		// Time is up: stop. The stop may be the trampoline after all.
-		if ev, err = g.Stop(context.WithoutCancel(ctx)); err != nil {
-			return ev, false, err
+	defer cancel()
+	for spurious := 0; ; spurious++ {
+		var err error
+		if run == 0 {
+			_, err = g.Continue()
+		} else {
+			_, err = g.ContinueThread(run)
 		}
-		if ev.Signal == gdbstub.SignalInterrupt {
-			if inTrampoline(g, call, rt) {
-				e.log.Warn("guest call: found returned past its trampoline's store (the watch was not reported)", "vcpu", call)
-				clearLostWatch(g, call)
-				ev.Thread = call
-				return ev, true, nil
+		if err != nil {
+			return gdbstub.StopEvent{}, false, err
+		}
+		ev, err := g.Wait(wctx)
+		if err != nil {
+			// Time is up: stop. The stop may be the trampoline after all.
+			if ev, err = g.Stop(context.WithoutCancel(ctx)); err != nil {
+				return ev, false, err
 			}
-			return ev, false, nil
+			if ev.Signal == gdbstub.SignalInterrupt {
+				if inTrampoline(g, call, rt) {
+					e.log.Warn("guest call: found returned past its trampoline's store (the watch was not reported)", "vcpu", call)
+					clearLostWatch(g, call)
+					ev.Thread = call
+					return ev, true, nil
+				}
+				return ev, false, nil
+			}
 		}
-	}
-	if !returned(ev, rt.Done) {
+		if returned(ev, rt.Done) {
+			return ev, true, nil
+		}
+		if spuriousDebugStop(ev, call) && spurious < maxSpurious {
+			continue
+		}
 		return ev, false, fmt.Errorf("guest call: stopped elsewhere (%s)", ev)
 	}
-	return ev, true, nil
 }
+
+// A step that recovers a lost watch hit (gdbstub.Client.Stop) leaves
+// QEMU's debug interrupt pending on its vCPU when the stepped instruction
+// touched a page with a watchpoint: QEMU raises it at such an access
+// while a hit is recorded, and the step's own debug stop reports the hit
+// without taking the interrupt. The vCPU's next run then stops at once,
+// before its first instruction, with a plain SIGTRAP. A call's run that
+// ends so is resumed; lucos sets no breakpoints, so nothing else stops a
+// call's vCPU with a plain SIGTRAP.
+func spuriousDebugStop(ev gdbstub.StopEvent, call int) bool {
+	return !ev.Exited && ev.Signal == gdbstub.SignalTrap && ev.Reason == "" && ev.Thread == call
+}
+
+// maxSpurious bounds the spurious debug stops one run of a call absorbs:
+// one is pending at most, so more say something else stops the vCPU.
+const maxSpurious = 2
 
 // clearLostWatch steps vCPU tid, looping in a trampoline, once: if QEMU
 // still records a watch hit of it that it never reported (see
