@@ -66,9 +66,11 @@ type Client struct {
 	// named (QEMU selects it on every stop). 0 when unknown.
 	gThread int
 
-	// watches are the watchpoints inserted (recoverLostWatch).
+	// watches are the watchpoints inserted (RecoverLostWatches).
 	watches []watchRange
-	// lostWatches counts the hits recoverLostWatch found.
+	// swept is the time of the last stop RecoverLostWatches looked at.
+	swept time.Time
+	// lostWatches counts the hits RecoverLostWatches found.
 	lostWatches atomic.Int64
 }
 

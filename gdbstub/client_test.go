@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -449,7 +450,7 @@ func TestWaitAndStopTogether(t *testing.T) {
 	}
 	for range 2 {
 		r := <-waited
-		if r.err != nil || r.ev != ev {
+		if r.err != nil || !reflect.DeepEqual(r.ev, ev) {
 			t.Errorf("Wait = %+v, %v; Stop got %+v", r.ev, r.err, ev)
 		}
 	}

@@ -2,6 +2,7 @@ package gdbstub
 
 import (
 	"fmt"
+	"slices"
 
 	"golang.org/x/arch/x86/x86asm"
 )
@@ -30,17 +31,22 @@ type watchRange struct {
 	addr, size uint64
 }
 
-// recoverLostWatch looks at a stop ev for a watch hit QEMU dropped (see
-// above): if ev is an interrupt stop whose vCPU stopped right after an
-// instruction that writes into a watched range, it steps that vCPU and
-// returns the stop of the step, which then reports the watch. Other stops,
-// and stops while nothing is watched, are returned as they are. The VM
-// stays stopped.
-func (c *Client) recoverLostWatch(ev StopEvent) (StopEvent, error) {
+// RecoverLostWatches looks, at a stop ev, for watch hits QEMU recorded but
+// did not report (see above), on every vCPU: a vCPU stopped right after an
+// instruction that writes into a watched range is stepped, and the step's
+// stop reports the recorded hit. A hit of ev's own vCPU at an interrupt
+// stop replaces ev (the step's stop, with ev's time); hits of the other
+// vCPUs — QEMU reports one vCPU's hit per stop, so a second vCPU's hit at
+// the same moment is only recorded — come back in ev.Others. Stops while
+// nothing is watched are returned as they are, and a stop is looked at
+// once: Stop does it for its stop, the owner of a stop that Wait returned
+// calls it before handling that stop. The VM stays stopped.
+func (c *Client) RecoverLostWatches(ev StopEvent) (StopEvent, error) {
 	c.mu.Lock()
-	watched, physical := len(c.watches) > 0, c.physical
+	watched, physical, swept := len(c.watches) > 0, c.physical, c.swept == ev.At
+	threads := slices.Clone(c.threads)
 	c.mu.Unlock()
-	if !watched || ev.Exited || ev.Signal != SignalInterrupt || ev.Thread == 0 {
+	if !watched || ev.Exited || swept {
 		return ev, nil
 	}
 	// The code at rip is read by its virtual address. The mode stays as
@@ -50,26 +56,62 @@ func (c *Client) recoverLostWatch(ev StopEvent) (StopEvent, error) {
 	// that writes physical memory switches it on again.
 	if physical {
 		if err := c.SetPhysical(false); err != nil {
-			return ev, fmt.Errorf("look for a lost watch hit: %w", err)
+			return ev, fmt.Errorf("look for lost watch hits: %w", err)
 		}
 	}
-	regs, err := c.ReadRegisters(ev.Thread)
+	if ev.Signal == SignalInterrupt && ev.Thread != 0 {
+		step, ok, err := c.recoverThread(ev.Thread)
+		if err != nil {
+			return ev, err
+		}
+		if ok {
+			step.At = ev.At // the stop is the step's, but the pause began at ev's
+			ev = step
+		}
+	}
+	for _, tid := range threads {
+		if tid == ev.Thread {
+			continue // reported, or looked at above
+		}
+		step, ok, err := c.recoverThread(tid)
+		if err != nil {
+			return ev, err
+		}
+		if ok {
+			step.At = ev.At
+			ev.Others = append(ev.Others, step)
+		}
+	}
+	c.mu.Lock()
+	c.swept = ev.At
+	if c.run == nil {
+		c.last = ev // what a Stop of the stopped VM returns, as recovered
+	}
+	c.mu.Unlock()
+	return ev, nil
+}
+
+// recoverThread steps vCPU tid if it stopped right after an instruction
+// that writes into a watched range, and returns the step's stop when it
+// reports a watch (ok).
+func (c *Client) recoverThread(tid int) (StopEvent, bool, error) {
+	regs, err := c.ReadRegisters(tid)
 	if err != nil {
-		return ev, fmt.Errorf("look for a lost watch hit: %w", err)
+		return StopEvent{}, false, fmt.Errorf("look for a lost watch hit on vCPU %d: %w", tid, err)
 	}
 	rip, err := regs.Get("rip")
 	if err != nil {
-		return ev, err
+		return StopEvent{}, false, err
 	}
 	// The longest x86 instruction is 15 bytes: the bytes before rip hold
 	// the one that just ran, those at rip the next.
 	var code [2 * maxInsn]byte
 	if err := c.ReadMemory(rip-maxInsn, code[:]); err != nil {
-		return ev, nil // not readable: not a store we can tell
+		return StopEvent{}, false, nil // not readable: not a store we can tell
 	}
 	next, nextErr := x86asm.Decode(code[maxInsn:], 64)
 	if nextErr == nil && next.Op == x86asm.HLT {
-		return ev, nil // a step of hlt would not end
+		return StopEvent{}, false, nil // a step of hlt would not end
 	}
 	c.mu.Lock()
 	hit := storedIntoWatch(code[:maxInsn], rip, regs, c.watches)
@@ -84,21 +126,20 @@ func (c *Client) recoverLostWatch(ev StopEvent) (StopEvent, error) {
 	}
 	c.mu.Unlock()
 	if !hit {
-		return ev, nil
+		return StopEvent{}, false, nil
 	}
-	step, err := c.Step(ev.Thread)
+	step, err := c.Step(tid)
 	if err != nil {
-		return step, fmt.Errorf("recover a lost watch hit: %w", err)
+		return step, false, fmt.Errorf("recover a lost watch hit on vCPU %d: %w", tid, err)
 	}
-	if step.Reason == "watch" {
-		c.lostWatches.Add(1)
-		if secondHit {
-			step.Also, step.HasAlso = second, true
-		}
+	if step.Reason != "watch" {
+		return step, false, nil // nothing was recorded: the step ran one instruction
 	}
-	// The stop is the step's, but the pause began at ev's.
-	step.At = ev.At
-	return step, nil
+	c.lostWatches.Add(1)
+	if secondHit {
+		step.Also, step.HasAlso = second, true
+	}
+	return step, true, nil
 }
 
 // LostWatches counts the watch hits QEMU dropped at a Stop and the

@@ -111,14 +111,18 @@ func (c *Client) Step(tid int) (StopEvent, error) {
 // already stopped, Stop returns the last stop and sends nothing (QEMU would
 // not answer). If ctx ends first, the VM may still stop later; a later Stop
 // or Wait returns that stop. A watch hit QEMU dropped because the 0x03 met
-// it is recovered (recoverLostWatch): Stop then returns the watch's stop.
+// it is recovered (RecoverLostWatches): Stop then returns the watch's stop,
+// and hits of other vCPUs QEMU recorded but did not report in its Others.
 func (c *Client) Stop(ctx context.Context) (StopEvent, error) {
 	c.mu.Lock()
 	r := c.run
 	if r == nil {
 		ev, err := c.last, c.err
 		c.mu.Unlock()
-		return ev, err
+		if err != nil {
+			return ev, err
+		}
+		return c.RecoverLostWatches(ev) // a stop Wait returned, not yet looked at
 	}
 	select {
 	case <-r.done:
@@ -127,7 +131,7 @@ func (c *Client) Stop(ctx context.Context) (StopEvent, error) {
 		if err != nil {
 			return ev, err
 		}
-		return c.recoverLostWatch(ev)
+		return c.RecoverLostWatches(ev)
 	default:
 	}
 	if !r.interrupted {
@@ -149,7 +153,7 @@ func (c *Client) Stop(ctx context.Context) (StopEvent, error) {
 	if err != nil {
 		return ev, fmt.Errorf("stop: %w", err)
 	}
-	return c.recoverLostWatch(ev)
+	return c.RecoverLostWatches(ev)
 }
 
 // Wait blocks until the running VM stops by itself (breakpoint, watchpoint,

@@ -24,11 +24,15 @@ type StopEvent struct {
 	Reason string
 	Addr   uint64
 	// Also is a second watched store the stop covers (HasAlso): when a
-	// lost hit is recovered by a step (recoverLostWatch), the stepped
+	// lost hit is recovered by a step (RecoverLostWatches), the stepped
 	// instruction's own watched store is done by the time QEMU reports
 	// the first, and is never reported itself.
 	Also    uint64
 	HasAlso bool
+	// Others are watch hits of other vCPUs at the same stop, recorded by
+	// QEMU but not reported (it reports one vCPU's per stop), recovered
+	// by RecoverLostWatches: each is the stop of a step of that vCPU.
+	Others []StopEvent
 	// Exited is set by a 'W' (exit status) or 'X' (killed by Signal) reply:
 	// the VM is gone.
 	Exited     bool

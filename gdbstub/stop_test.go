@@ -1,6 +1,7 @@
 package gdbstub
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -47,7 +48,7 @@ func TestParseStopReply(t *testing.T) {
 			continue
 		}
 		tc.want.Raw = tc.in
-		if ev != tc.want {
+		if !reflect.DeepEqual(ev, tc.want) {
 			t.Errorf("parseStopReply(%q) = %+v, want %+v", tc.in, ev, tc.want)
 		}
 	}

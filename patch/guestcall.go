@@ -507,7 +507,13 @@ func (e *Engine) runSlice(ctx context.Context, g *gdbstub.Client) error {
 				return err
 			}
 		}
-		if ev.Signal == gdbstub.SignalTrap {
+		if !timedOut {
+			// Stop looked for lost hits at its stop; Wait leaves it to us.
+			if ev, err = g.RecoverLostWatches(ev); err != nil {
+				return err
+			}
+		}
+		if ev.Signal == gdbstub.SignalTrap || len(ev.Others) > 0 {
 			e.onTrap(g, ev)
 		}
 		if timedOut || time.Now().After(end) {

@@ -90,14 +90,33 @@ func (t *trapSet) place(b *gdbstub.Batch) {
 	}
 }
 
-// onTrap is the Machine's trap handler: a watch of lucos's was hit. It runs with the VM stopped and returns with it stopped.
+// onTrap is the Machine's trap handler: a watch of lucos's was hit. It runs
+// with the VM stopped and returns with it stopped. Besides ev's own, it
+// handles the hits of other vCPUs recovered at the same stop
+// (gdbstub.StopEvent.Others).
 func (e *Engine) onTrap(g *gdbstub.Client, ev gdbstub.StopEvent) {
+	if ev.Signal == gdbstub.SignalTrap {
+		e.onStop(g, ev)
+	}
+	for _, o := range ev.Others {
+		e.onStop(g, o)
+	}
+}
+
+// onStop handles one vCPU's trap.
+func (e *Engine) onStop(g *gdbstub.Client, ev gdbstub.StopEvent) {
 	if e.stray != nil && returned(ev, e.stray.rt.Done) {
 		e.finishStray(g, ev.Thread)
 		return
 	}
 	if ev.Reason == "watch" {
 		e.onWatch(g, ev)
+		return
+	}
+	if ev.Reason == "" {
+		// The debug interrupt a lost hit's recovery step left pending
+		// (spuriousDebugStop): the vCPU stopped before running anything.
+		e.log.Debug("trap: a plain debug stop", "stop", ev)
 		return
 	}
 	rip, _ := g.ReadRegister(ev.Thread, "rip")

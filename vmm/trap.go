@@ -65,7 +65,9 @@ func (m *Machine) trapLoop(ctx context.Context, kick <-chan struct{}) {
 		}
 		m.mu.Lock()
 		if m.trap != nil && !m.paused && !m.gdb.Running() && m.alive() == nil {
-			ev := m.gdb.LastStop()
+			// A lost hit's error leaves ev as QEMU reported it, which
+			// the handler can still take.
+			ev, _ := m.gdb.RecoverLostWatches(m.gdb.LastStop())
 			m.paused, m.stop = true, ev
 			m.trap(m.gdb, ev)
 			m.resumeLocked()
@@ -75,7 +77,8 @@ func (m *Machine) trapLoop(ctx context.Context, kick <-chan struct{}) {
 }
 
 // isTrap reports whether a stop came from a breakpoint or watchpoint rather
-// than from lucos's own interrupt.
+// than from lucos's own interrupt, or carries watch hits of other vCPUs
+// recovered at lucos's interrupt.
 func isTrap(ev gdbstub.StopEvent) bool {
-	return !ev.Exited && ev.Signal == gdbstub.SignalTrap
+	return !ev.Exited && (ev.Signal == gdbstub.SignalTrap || len(ev.Others) > 0)
 }
