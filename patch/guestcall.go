@@ -259,7 +259,7 @@ func (e *Engine) runUntil(ctx context.Context, g *gdbstub.Client, run, call int,
 		if returned(ev, rt.Done) {
 			return ev, true, nil
 		}
-		if spuriousDebugStop(ev, call) && spurious < maxSpurious {
+		if spuriousDebugStop(ev) && spurious < maxSpurious {
 			continue
 		}
 		return ev, false, fmt.Errorf("guest call: stopped elsewhere (%s)", ev)
@@ -272,15 +272,16 @@ func (e *Engine) runUntil(ctx context.Context, g *gdbstub.Client, run, call int,
 // while a hit is recorded, and the step's own debug stop reports the hit
 // without taking the interrupt. The vCPU's next run then stops at once,
 // before its first instruction, with a plain SIGTRAP. A call's run that
-// ends so is resumed; lucos sets no breakpoints, so nothing else stops a
-// call's vCPU with a plain SIGTRAP.
-func spuriousDebugStop(ev gdbstub.StopEvent, call int) bool {
-	return !ev.Exited && ev.Signal == gdbstub.SignalTrap && ev.Reason == "" && ev.Thread == call
+// ends so — on the call's vCPU, or on another when every vCPU runs — is
+// resumed; lucos sets no breakpoints, so nothing else stops a vCPU with a
+// plain SIGTRAP.
+func spuriousDebugStop(ev gdbstub.StopEvent) bool {
+	return !ev.Exited && ev.Signal == gdbstub.SignalTrap && ev.Reason == ""
 }
 
 // maxSpurious bounds the spurious debug stops one run of a call absorbs:
-// one is pending at most, so more say something else stops the vCPU.
-const maxSpurious = 2
+// one is pending per vCPU at most, so more say something else stops it.
+const maxSpurious = 4
 
 // clearLostWatch steps vCPU tid, looping in a trampoline, once: if QEMU
 // still records a watch hit of it that it never reported (see
