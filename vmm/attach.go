@@ -81,6 +81,9 @@ func Attach(ctx context.Context, ac AttachConfig) (m *Machine, err error) {
 	if err := m.makeRunDir(); err != nil {
 		return m, err
 	}
+	if err := shareRunDir(m.runDir, pid); err != nil {
+		return m, err
+	}
 	go m.watchProcess(pid)
 	if err := m.dialQMP(ctx, ac.QMP); err != nil {
 		return m, err
@@ -191,6 +194,55 @@ func checkQEMUProcess(pid int) error {
 		return fmt.Errorf("process %d (%s): %w", pid, exe, ErrNotQEMU)
 	}
 	return nil
+}
+
+// shareRunDir gives the run directory to the user QEMU (pid) runs as, when
+// that is not lucos's: QEMU creates the gdbstub socket in it. libvirt runs
+// its QEMUs as libvirt-qemu, and a lucos run directory is lucos's alone
+// (0700), where QEMU could not create the socket ("Failed to unlink
+// socket ... Permission denied"). Only root may hand it over, and only
+// root may read another user's /proc/PID/mem anyway.
+func shareRunDir(dir string, pid int) error {
+	uid, gid, err := processIDs(pid)
+	if err != nil {
+		return err
+	}
+	if uid == os.Geteuid() {
+		return nil
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("QEMU (pid %d) runs as uid %d, lucos as uid %d: %w; run lucos as that user or as root", pid, uid, os.Geteuid(), ErrNoAccess)
+	}
+	if err := os.Chown(dir, uid, gid); err != nil {
+		return fmt.Errorf("give the run directory %s to QEMU's user (uid %d): %w", dir, uid, err)
+	}
+	return nil
+}
+
+// processIDs reads the effective uid and gid of process pid.
+func processIDs(pid int) (uid, gid int, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, fmt.Errorf("process %d: %w", pid, err)
+	}
+	uid, gid = -1, -1
+	for _, line := range strings.Split(string(b), "\n") {
+		// "Uid:\treal\teffective\tsaved\tfs"
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		switch f[0] {
+		case "Uid:":
+			uid, _ = strconv.Atoi(f[2])
+		case "Gid:":
+			gid, _ = strconv.Atoi(f[2])
+		}
+	}
+	if uid < 0 || gid < 0 {
+		return 0, 0, fmt.Errorf("process %d: no Uid/Gid in /proc/%d/status", pid, pid)
+	}
+	return uid, gid, nil
 }
 
 // watchProcess closes m.exited when process pid ends (or m closes).
