@@ -12,12 +12,15 @@
 # found interesting (go's generated corpus, in GOCACHE) are kept in the
 # package's testdata/fuzz as seeds (up to FUZZKEEP there in all), to be
 # committed: plain go test then replays them. FUZZKEEP=0 keeps none.
+# FUZZTARGETS, an extended regexp, runs only the targets whose
+# package.Target (e.g. gdbstub.FuzzReadPacket) it matches.
 set -uo pipefail
 GO=${GO:-go}
 FUZZTIME=${FUZZTIME:-1m}
 FUZZFLAGS=${FUZZFLAGS:-}
 FUZZLOG=${FUZZLOG:-docs/bench/fuzz.tsv}
 FUZZKEEP=${FUZZKEEP:-64}
+FUZZTARGETS=${FUZZTARGETS:-.}
 gocache=$($GO env GOCACHE)
 failed=() raced=() ran=0
 if [ ! -s "$FUZZLOG" ]; then
@@ -26,6 +29,7 @@ fi
 for pkg in $($GO list ./...); do
 	dir=$($GO list -f '{{.Dir}}' "$pkg")
 	for f in $($GO test -list '^Fuzz' "$pkg" 2>/dev/null | grep '^Fuzz'); do
+		echo "${pkg#*/lucos/lucos/}.$f" | grep -qE -- "$FUZZTARGETS" || continue
 		corpus="$dir/testdata/fuzz/$f"
 		before=$(ls "$corpus" 2>/dev/null | wc -l)
 		echo "== $pkg $f ($FUZZTIME)"

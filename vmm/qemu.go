@@ -169,16 +169,18 @@ func (m *Machine) qmpRun(cmd string, args any, out any) error {
 // reply without one (an "error" reply comes back from the library as an
 // error, so this would be QEMU saying something else) is an error.
 func decodeQMPReturn(raw []byte, out any) error {
-	var resp struct {
-		Return json.RawMessage `json:"return"`
-	}
+	// A map, not a struct: encoding/json matches struct fields without
+	// regard to case, and QMP's member names are exact ("reTurn" is not a
+	// return; found by FuzzDecodeQMPReturn).
+	var resp map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &resp); err != nil {
 		return err
 	}
-	if resp.Return == nil {
+	ret, ok := resp["return"]
+	if !ok || ret == nil {
 		return fmt.Errorf("reply has no return value: %.200q", raw)
 	}
-	return json.Unmarshal(resp.Return, out)
+	return json.Unmarshal(ret, out)
 }
 
 // HumanMonitor runs an HMP command (such as "gva2gpa 0xffffffff81000000")
