@@ -67,6 +67,11 @@ func newBenchCmd() *cobra.Command {
 			if command == "" {
 				command = "lucos bench " + strings.Join(args, " ")
 			}
+			if reportPath != "" {
+				if err := checkReportCovers(reportPath, run); err != nil {
+					return err
+				}
+			}
 			start := time.Now()
 			busy := watchForeignQEMU(cmd.Context())
 			defer busy.stop()
@@ -124,6 +129,41 @@ func newBenchCmd() *cobra.Command {
 	cmd.Flags().StringVar(&fixes, "fixes", "", "realfix: try the diffs (*.patch, *.diff) of this directory instead of the built-in corpus (bench/realfix/fixes, for 6.1.0-54; pass --release for others)")
 	cmd.AddCommand(newFuzzReportCmd())
 	return cmd
+}
+
+// checkReportCovers refuses, before anything runs, a --report whose
+// existing file has sections of scenarios this run leaves out: the report
+// is written whole from the run's results, so they would be dropped (a run
+// of `lucos bench data --report docs/BENCHMARKS.md` once cut it down to one
+// section). A file that does not exist yet is fine.
+func checkReportCovers(path string, run []bench.Scenario) error {
+	doc, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	heads := map[string]bool{}
+	for _, line := range strings.Split(string(doc), "\n") {
+		if h, ok := strings.CutPrefix(line, "## "); ok {
+			heads[strings.TrimSpace(h)] = true
+		}
+	}
+	inRun := map[string]bool{}
+	for _, s := range run {
+		inRun[s.Name] = true
+	}
+	var dropped []string
+	for _, s := range bench.Scenarios {
+		if !inRun[s.Name] && heads[s.Brief] {
+			dropped = append(dropped, s.Name)
+		}
+	}
+	if len(dropped) > 0 {
+		return fmt.Errorf("bench: --report %s would lose its sections of %s: the report is written whole from this run; run those too (lucos bench all --report %s) or give another file", path, strings.Join(dropped, ", "), path)
+	}
+	return nil
 }
 
 // writeReport draws every figure of results into bench/ next to path and
